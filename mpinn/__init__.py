@@ -1,0 +1,43 @@
+"""mpinn: data-parallel neural-network training over MPI, with a Keras-style API."""
+
+__version__ = "0.1.0"
+
+from . import activations, callbacks, data, initializers, losses, metrics, optim, regularizers
+from .backend import Backend, get_backend
+from .callbacks import Callback, EarlyStopping, History
+from .errors import ConfigError, DataError, MpinnError, PluginError
+from .layers import Activation, Dense, Dropout, Layer
+from .model import Sequential
+from .optim import SGD, Adagrad, Adam, AdamW, RMSprop, schedules
+
+__all__ = [
+    "SGD",
+    "Activation",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "Backend",
+    "Callback",
+    "ConfigError",
+    "DataError",
+    "Dense",
+    "Dropout",
+    "EarlyStopping",
+    "History",
+    "Layer",
+    "MpinnError",
+    "PluginError",
+    "RMSprop",
+    "Sequential",
+    "__version__",
+    "activations",
+    "callbacks",
+    "data",
+    "get_backend",
+    "initializers",
+    "losses",
+    "metrics",
+    "optim",
+    "regularizers",
+    "schedules",
+]

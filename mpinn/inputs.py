@@ -1,0 +1,90 @@
+"""Checks user arrays against a model before any training step, and converts them.
+
+Every message names the array, the bad value and what the model expects, so that a wrong
+file or a wrong output layer is found at the call, not as a shape error deep in a step.
+"""
+
+import numpy as np
+
+from .errors import DataError
+
+
+def features(x, input_dim: "int | None", name: str = "x", where: str = "the first layer"):
+    """`x` as a finite 2-D float64 host array of width `input_dim` (when known)."""
+    x = np.asarray(x)
+    if x.dtype == object or not np.issubdtype(x.dtype, np.number):
+        raise DataError(f"{name} must hold numbers, got an array of dtype {x.dtype}")
+    if x.ndim == 1 and input_dim in (None, 1):
+        x = x.reshape(-1, 1)
+    if x.ndim != 2:
+        raise DataError(
+            f"{name} must be 2-D (samples, features), got shape {x.shape}"
+            + (f"; flatten each sample to {input_dim} features" if input_dim else "")
+        )
+    if input_dim is not None and x.shape[1] != input_dim:
+        raise DataError(
+            f"{name} has {x.shape[1]} features per sample (shape {x.shape}) but {where} "
+            f"expects input_dim={input_dim}"
+        )
+    if len(x) == 0:
+        raise DataError(f"{name} holds no samples")
+    if not np.isfinite(x).all():
+        row = int(np.argwhere(~np.isfinite(x))[0][0])
+        raise DataError(f"{name} holds NaN or Inf (first in sample {row})")
+    return x
+
+
+def targets(y, loss, units: int, output_layer: str, samples: int, name: str = "y"):
+    """`y` checked against the loss and the output layer: class indices for sparse losses,
+    otherwise an array shaped (samples, units)."""
+    y = np.asarray(y)
+    if len(y) != samples:
+        raise DataError(
+            f"x and {name} have different numbers of samples: x has {samples}, "
+            f"{name} has {len(y)}"
+        )
+    if y.dtype == object or not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
+        raise DataError(f"{name} must hold numbers, got an array of dtype {y.dtype}")
+    if not np.isfinite(y).all():
+        raise DataError(f"{name} holds NaN or Inf")
+    if loss.sparse:
+        return _class_indices(y, units, output_layer, name)
+    if y.ndim == 1 and units == 1:
+        y = y.reshape(-1, 1)
+    if y.ndim != 2 or y.shape[1] != units:
+        hint = (
+            "; integer class labels need loss='sparse_categorical_crossentropy'"
+            if y.ndim == 1 and loss.name == "categorical_crossentropy" else ""
+        )
+        raise DataError(
+            f"{name} has shape {y.shape} but the output layer {output_layer} has {units} "
+            f"units, so {name} must have shape ({samples}, {units}){hint}"
+        )
+    if loss.name in ("binary_crossentropy", "categorical_crossentropy") and (
+        y.min() < 0 or y.max() > 1
+    ):
+        bad = y.min() if y.min() < 0 else y.max()
+        raise DataError(f"{name} holds {bad} but {loss.name} needs targets in [0, 1]")
+    return y
+
+
+def _class_indices(y, units, output_layer, name):
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y.reshape(-1)
+    if y.ndim != 1:
+        raise DataError(
+            f"{name} must be class indices of shape (samples,) for "
+            f"sparse_categorical_crossentropy, got shape {y.shape}"
+        )
+    labels = y.astype(np.int64)
+    if not np.array_equal(labels, y):
+        bad = y[labels != y][0]
+        raise DataError(f"{name} holds {bad!r}, not a class index (an integer)")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= units:
+        bad = low if low < 0 else high
+        raise DataError(
+            f"label {bad} in {name} is out of range for the output layer {output_layer} "
+            f"with {units} units (allowed: 0..{units - 1})"
+        )
+    return labels

@@ -1,0 +1,373 @@
+"""Sequential: a stack of layers with Keras' compile / fit / evaluate / predict."""
+
+import math
+
+import numpy as np
+
+from . import callbacks as callbacks_module
+from . import inputs, losses, optim
+from .backend import resolve_backend
+from .errors import ConfigError, choose, fraction, positive_int
+from .layers import Dropout, Layer
+from .metrics import METRICS
+from .metrics import get as get_metric
+from .parameters import FlatParameters
+from .workspace import Workspace
+
+# independent random streams drawn from the model's seed
+INIT_STREAM, SHUFFLE_STREAM, DROPOUT_STREAM = 0, 1, 2
+DTYPES = ("float32", "float64")
+
+
+class Sequential:
+    """A linear stack of layers, trained on one process (strategies spread it over MPI).
+
+    `seed` fixes initial weights, shuffling and dropout: the same seed gives bit-identical
+    results. `dtype` is float32 (default) or float64. `backend` names a backend plugin.
+    """
+
+    def __init__(self, layers=None, name: str = "sequential", *, seed: "int | None" = None,
+                 dtype: str = "float32", backend="numpy"):
+        choose("dtype", str(np.dtype(dtype)), DTYPES)
+        self.name = name
+        self.dtype = np.dtype(dtype)
+        self.seed = int(np.random.SeedSequence().entropy % 2**32) if seed is None else int(seed)
+        self.backend = resolve_backend(backend)
+        self.layers: list[Layer] = []
+        self.params: FlatParameters | None = None
+        self.optimizer = self.loss = None
+        self.metrics: list = []
+        self._metric_specs: list = []
+        self.stop_training = False
+        self.history = None
+        for layer in layers or []:
+            self.add(layer)
+
+    # ----------------------------------------------------------------- structure
+    def add(self, layer: Layer) -> None:
+        if not isinstance(layer, Layer):
+            raise TypeError(f"Sequential.add expects a Layer, got {layer!r}")
+        if self.built:
+            raise ConfigError(f"cannot add {layer!r}: model {self.name!r} is already built")
+        names = {existing.name for existing in self.layers}
+        if layer.name is None:
+            count = sum(existing.kind == layer.kind for existing in self.layers)
+            layer.name = f"{layer.kind}_{count}"
+        if layer.name in names:
+            raise ConfigError(f"layer name {layer.name!r} is used twice in model {self.name!r}")
+        self.layers.append(layer)
+
+    @property
+    def built(self) -> bool:
+        return self.params is not None
+
+    @property
+    def input_dim(self) -> "int | None":
+        return self.layers[0].input_dim if self.layers else None
+
+    @property
+    def output_dim(self) -> int:
+        return self.layers[-1].output_dim
+
+    def build(self, input_dim: "int | None" = None) -> None:
+        """Create the parameters (in one flat buffer) and draw their initial values."""
+        if self.built:
+            return
+        if not self.layers:
+            raise ConfigError(f"model {self.name!r} has no layers")
+        input_dim = input_dim or self.input_dim
+        if input_dim is None:
+            raise ConfigError(
+                f"model {self.name!r} does not know its input width: give the first layer "
+                "input_shape=(n,) or input_dim=n, or call fit/predict with data"
+            )
+        shapes, owners, width = {}, {}, input_dim
+        for layer in self.layers:
+            for local, shape in layer.build(width, self.backend, self.dtype).items():
+                shapes[f"{layer.name}/{local}"] = shape
+                owners[f"{layer.name}/{local}"] = (layer, local)
+            width = layer.output_dim
+        params = FlatParameters(shapes, self.dtype, self.backend)
+        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(INIT_STREAM,)))
+        for name in params.names:
+            layer, local = owners[name]
+            initial = layer.initializers()[local](rng, params.values[name].shape)
+            params.values[name][...] = self.backend.asarray(initial, dtype=self.dtype)
+        for index, layer in enumerate(self.layers):
+            prefix = f"{layer.name}/"
+            layer.bind(
+                {n[len(prefix):]: v for n, v in params.values.items() if n.startswith(prefix)},
+                {n[len(prefix):]: g for n, g in params.grads.items() if n.startswith(prefix)},
+            )
+            if isinstance(layer, Dropout):
+                seed = np.random.SeedSequence(self.seed, spawn_key=(DROPOUT_STREAM, index))
+                layer.rng = self.backend.rng(seed)
+        # a layer needs dL/d(input) only if some layer before it has parameters
+        self._input_grad = [
+            any(earlier.values for earlier in self.layers[:i]) for i in range(len(self.layers))
+        ]
+        self._workspace = Workspace(self.backend.xp, self.dtype)
+        self.params = params
+        if self.optimizer is not None:
+            self._prepare_training()
+
+    def count_params(self) -> int:
+        self.build()
+        return self.params.size
+
+    def summary(self, print_fn=print) -> None:
+        self.build()
+        rows = [("Layer (type)", "Output Shape", "Param #")]
+        for layer in self.layers:
+            count = sum(int(v.size) for v in layer.values.values())
+            rows.append((f"{layer.name} ({type(layer).__name__})",
+                         f"(None, {layer.output_dim})", f"{count:,}"))
+        widths = [max(len(row[i]) for row in rows) + 2 for i in range(3)]
+        rule = "-" * sum(widths)
+        print_fn(f'Model: "{self.name}"')
+        print_fn(rule)
+        for i, row in enumerate(rows):
+            print_fn("".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+            if i == 0:
+                print_fn(rule)
+        print_fn(rule)
+        print_fn(f"Total params: {self.params.size:,} ({self.dtype})")
+
+    # ------------------------------------------------------------------ weights
+    def get_weights(self) -> list[np.ndarray]:
+        """Host copies of the weights, layer by layer (kernel then bias), as in Keras."""
+        self.build()
+        return [self.backend.to_numpy(layer.values[key]).copy()
+                for layer in self.layers for key in layer.weight_order]
+
+    def set_weights(self, weights) -> None:
+        self.build()
+        slots = [(layer, key) for layer in self.layers for key in layer.weight_order]
+        if len(weights) != len(slots):
+            raise ConfigError(
+                f"set_weights: model {self.name!r} has {len(slots)} weight arrays, "
+                f"received {len(weights)}"
+            )
+        for (layer, key), value in zip(slots, weights, strict=True):
+            target = layer.values[key]
+            value = np.asarray(value)
+            if value.shape != target.shape:
+                raise ConfigError(
+                    f"set_weights: {layer.name}/{key} has shape {target.shape}, "
+                    f"received {value.shape}"
+                )
+            target[...] = self.backend.asarray(value, dtype=self.dtype)
+
+    # ------------------------------------------------------------------ training
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None) -> None:
+        if loss is None:
+            raise ConfigError(f"compile: model {self.name!r} needs a loss; allowed: "
+                              f"{', '.join(sorted(losses.LOSSES))}")
+        self.optimizer = optim.get(optimizer)
+        self.loss = losses.get(loss)
+        if isinstance(metrics, str):
+            metrics = [metrics]
+        self._metric_specs = list(metrics or [])
+        for spec in self._metric_specs:
+            if isinstance(spec, str):
+                choose("metric", spec, METRICS)
+        if self.built:
+            self._prepare_training()
+
+    def _prepare_training(self) -> None:
+        last = self.layers[-1]
+        activation = getattr(last, "activation", None)
+        activation_name = activation.name if activation is not None else "linear"
+        self.metrics = [get_metric(spec, self.loss, activation_name, self.output_dim)
+                        for spec in self._metric_specs]
+        # cross-entropy after its own activation: work from the logits (exact, stable)
+        self._fused = (not self.loss.from_logits
+                       and self.loss.fused_activation == activation_name)
+        self.optimizer.build(self.params)
+
+    def _require_compiled(self, caller: str) -> None:
+        if self.loss is None:
+            raise ConfigError(f"{caller}: compile the model first (model.compile(...))")
+
+    def _forward(self, x, training: bool):
+        for layer in self.layers:
+            x = layer.forward(x, training)
+        return x
+
+    def _loss_and_output_grad(self, x, y, training: bool):
+        """Forward pass, mean loss (with regularization) and dL/d(output) in a work array."""
+        out = self._forward(x, training)
+        grad = self._workspace.get("loss_grad", len(out), self.output_dim)
+        if self._fused:
+            loss = self.loss.logits_value_and_grad(y, self.layers[-1].logits, out, grad)
+        else:
+            loss = self.loss.value_and_grad(y, out, grad)
+        loss += sum(layer.regularization_loss() for layer in self.layers)
+        return loss, out, grad
+
+    def compute_gradients(self, x, y):
+        """Forward and backward on one batch: fills `params.grad`; returns (loss, output)."""
+        loss, out, dy = self._loss_and_output_grad(x, y, training=True)
+        last = len(self.layers) - 1
+        for index in range(last, -1, -1):
+            layer, input_grad = self.layers[index], self._input_grad[index]
+            if index == last and self._fused:
+                dy = layer.backward(dy, input_grad, from_logits=True)
+            else:
+                dy = layer.backward(dy, input_grad)
+        return loss, out
+
+    def train_on_batch(self, x, y):
+        """One optimizer step on one batch; returns the loss before the step."""
+        self._require_compiled("train_on_batch")
+        x, y = self._checked(x, y)
+        loss, _ = self.compute_gradients(x, y)
+        self.optimizer.apply(self.params)
+        return loss
+
+    def _checked(self, x, y, name_x="x", name_y="y"):
+        """Validate and convert arrays for this model; builds it on first use."""
+        x = inputs.features(x, self.input_dim, name_x, f"layer {self.layers[0].name!r}")
+        self.build(x.shape[1])
+        y = inputs.targets(y, self.loss, self.output_dim, repr(self.layers[-1].name),
+                           len(x), name_y)
+        xb = self.backend.asarray(x, dtype=self.dtype)
+        yb = self.backend.asarray(y, dtype=None if self.loss.sparse else self.dtype)
+        return xb, yb
+
+    def fit(self, x, y, batch_size: int = 32, epochs: int = 1, verbose="auto",
+            callbacks=None, validation_split: float = 0.0, validation_data=None,
+            shuffle: bool = True, initial_epoch: int = 0):
+        """Train for `epochs` passes over (x, y); returns a History of per-epoch logs."""
+        self._require_compiled("fit")
+        batch_size = positive_int("fit", "batch_size", batch_size)
+        epochs = positive_int("fit", "epochs", epochs)
+        verbose = _verbosity(verbose)
+        validation_split = fraction("fit", "validation_split", validation_split)
+        if validation_split and validation_data is None:
+            # as in Keras: the last samples, taken before any shuffling
+            x, y = np.asarray(x), np.asarray(y)
+            split_at = int(len(x) * (1 - validation_split))
+            if not 0 < split_at < len(x):
+                raise ConfigError(f"fit: validation_split={validation_split} leaves "
+                                  f"{split_at} of {len(x)} samples for training")
+            validation_data = (x[split_at:], y[split_at:])
+            x, y = x[:split_at], y[:split_at]
+        x, y = self._checked(x, y)
+        if validation_data is not None:
+            if len(validation_data) != 2:
+                raise ConfigError("fit: validation_data must be a pair (x_val, y_val)")
+            validation = self._checked(*validation_data, "x_val", "y_val")
+
+        steps = math.ceil(len(x) / batch_size)
+        self.history = callbacks_module.History()
+        hooks = [self.history, *(callbacks or [])]
+        if verbose:
+            hooks.append(callbacks_module.ProgressLogger(verbose, epochs, steps))
+        for hook in hooks:
+            hook.set_model(self)
+        self.stop_training = False
+        for hook in hooks:
+            hook.on_train_begin()
+        for epoch in range(initial_epoch, epochs):
+            for hook in hooks:
+                hook.on_epoch_begin(epoch)
+            logs = self._train_epoch(x, y, batch_size, shuffle, epoch, hooks)
+            if validation_data is not None:
+                val = self._evaluate_checked(*validation, batch_size)
+                logs.update({f"val_{key}": value for key, value in val.items()})
+            for hook in hooks:
+                hook.on_epoch_end(epoch, logs)
+            if self.stop_training:
+                break
+        for hook in hooks:
+            hook.on_train_end()
+        return self.history
+
+    def epoch_order(self, samples: int, epoch: int) -> np.ndarray:
+        """The shuffled sample order of `epoch`: a function of (seed, epoch) alone."""
+        seed = np.random.SeedSequence(self.seed, spawn_key=(SHUFFLE_STREAM, epoch))
+        return np.random.default_rng(seed).permutation(samples)
+
+    def _train_epoch(self, x, y, batch_size, shuffle, epoch, hooks) -> dict:
+        samples = len(x)
+        order = self.backend.asarray(self.epoch_order(samples, epoch)) if shuffle else None
+        sums = _Sums(self.metrics)
+        for step, start in enumerate(range(0, samples, batch_size)):
+            stop = min(start + batch_size, samples)
+            if order is None:
+                xb, yb = x[start:stop], y[start:stop]
+            else:
+                index = order[start:stop]
+                xb = np.take(x, index, axis=0, out=self._workspace.get(
+                    "x_batch", stop - start, x.shape[1]))
+                yb = y[index]
+            loss, out = self.compute_gradients(xb, yb)
+            self.optimizer.apply(self.params)
+            sums.add(loss, out, yb)
+            for hook in hooks:
+                hook.on_train_batch_end(step, sums.means())
+        return sums.means()
+
+    def _evaluate_checked(self, x, y, batch_size) -> dict:
+        sums = _Sums(self.metrics)
+        for start in range(0, len(x), batch_size):
+            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+            loss, out, _ = self._loss_and_output_grad(xb, yb, training=False)
+            sums.add(loss, out, yb)
+        return sums.means()
+
+    def evaluate(self, x, y, batch_size: int = 32, verbose=0, return_dict: bool = False):
+        """Loss (and metrics) over (x, y), in inference mode."""
+        self._require_compiled("evaluate")
+        batch_size = positive_int("evaluate", "batch_size", batch_size)
+        logs = self._evaluate_checked(*self._checked(x, y), batch_size)
+        if _verbosity(verbose):
+            print(callbacks_module.format_logs(logs))
+        if return_dict:
+            return logs
+        values = list(logs.values())
+        return values[0] if len(values) == 1 else values
+
+    def predict(self, x, batch_size: int = 32, verbose=0) -> np.ndarray:
+        """Model outputs for `x` as a host array, computed in inference mode."""
+        batch_size = positive_int("predict", "batch_size", batch_size)
+        x = inputs.features(x, self.input_dim, "x", f"layer {self.layers[0].name!r}")
+        self.build(x.shape[1])
+        x = self.backend.asarray(x, dtype=self.dtype)
+        outputs = [self.backend.to_numpy(self._forward(x[start:start + batch_size], False)).copy()
+                   for start in range(0, len(x), batch_size)]
+        return np.concatenate(outputs)
+
+    def __call__(self, x) -> np.ndarray:
+        return self.predict(x, batch_size=max(len(x), 1))
+
+
+class _Sums:
+    """Sample-weighted running sums of the loss and metrics over an epoch."""
+
+    def __init__(self, metric_list):
+        self.metrics = metric_list
+        self.samples = 0
+        self.loss = 0.0
+        self.totals = [0.0] * len(metric_list)
+
+    def add(self, loss, out, y):
+        n = len(out)
+        self.samples += n
+        self.loss += loss * n
+        for i, metric in enumerate(self.metrics):
+            self.totals[i] += metric.batch_sum(y, out)
+
+    def means(self) -> dict:
+        logs = {"loss": self.loss / self.samples}
+        for metric, total in zip(self.metrics, self.totals, strict=True):
+            logs[metric.name] = total / self.samples
+        return logs
+
+
+def _verbosity(verbose) -> int:
+    if verbose == "auto":
+        return 1
+    choose("verbose", verbose, (0, 1, 2))
+    return verbose

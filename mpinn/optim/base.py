@@ -1,0 +1,96 @@
+"""Optimizers as chains of small in-place transforms over the flat gradient buffer.
+
+Each transform turns the update buffer (which starts as the gradient) into a new update,
+in place; the optimizer then applies `params -= learning_rate * update`. The familiar
+optimizers are chains: Adam is `[ScaleByAdam]`, AdamW `[ScaleByAdam, AddDecayedWeights]`,
+and `global_clipnorm` puts `ClipByGlobalNorm` first.
+"""
+
+import numpy as np
+
+from ..errors import positive_number
+from . import schedules
+
+
+class Transform:
+    """One in-place stage of an optimizer; flat state buffers are named in `slots`."""
+
+    name = "transform"
+    slots: tuple[str, ...] = ()
+
+    def init(self, params) -> None:
+        """Allocate state shaped like the flat parameter buffer."""
+        for slot in self.slots:
+            setattr(self, slot, params.backend.xp.zeros_like(params.data))
+
+    def update(self, updates, params, step: int) -> None:
+        """Rewrite `updates` in place; `step` counts applied updates, from 0."""
+        raise NotImplementedError
+
+    def state(self) -> dict:
+        return {f"{self.name}/{slot}": getattr(self, slot) for slot in self.slots}
+
+
+class AddDecayedWeights(Transform):
+    """updates += weight_decay * params: decoupled weight decay (Loshchilov & Hutter)."""
+
+    name = "weight_decay"
+
+    def __init__(self, weight_decay: float):
+        self.weight_decay = weight_decay
+
+    def update(self, updates, params, step):
+        updates += self.weight_decay * params
+
+
+class ClipByGlobalNorm(Transform):
+    """Scale the whole update down so that its L2 norm is at most max_norm."""
+
+    name = "clip"
+
+    def __init__(self, max_norm: float):
+        self.max_norm = max_norm
+
+    def update(self, updates, params, step):
+        norm = float(np.sqrt(np.vdot(updates, updates)))
+        if norm > self.max_norm:
+            updates *= self.max_norm / norm
+
+
+class Optimizer:
+    """Applies `params -= learning_rate(step) * chain(grad)`, in place, once per step."""
+
+    def __init__(self, transforms, learning_rate, global_clipnorm=None, weight_decay=None):
+        self.learning_rate = schedules.get(learning_rate)
+        chain = list(transforms)
+        if global_clipnorm is not None:
+            max_norm = positive_number(type(self).__name__, "global_clipnorm", global_clipnorm)
+            chain.insert(0, ClipByGlobalNorm(max_norm))
+        if weight_decay:
+            decay = positive_number(type(self).__name__, "weight_decay", weight_decay)
+            chain.append(AddDecayedWeights(decay))
+        self.transforms = chain
+        self.iterations = 0
+
+    def build(self, params) -> None:
+        for transform in self.transforms:
+            transform.init(params)
+
+    def apply(self, params) -> None:
+        """One step; consumes `params.grad` as the update buffer."""
+        updates = params.grad
+        for transform in self.transforms:
+            transform.update(updates, params.data, self.iterations)
+        updates *= -self.learning_rate(self.iterations)
+        params.data += updates
+        self.iterations += 1
+
+    def state(self) -> dict:
+        """Flat state buffers by `transform/slot` name (for checkpoints)."""
+        found = {}
+        for transform in self.transforms:
+            found.update(transform.state())
+        return found
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(learning_rate={self.learning_rate!r})"

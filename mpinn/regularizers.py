@@ -1,0 +1,57 @@
+"""L1 and L2 weight penalties: a loss term and its gradient, added in place."""
+
+import numpy as np
+
+from .errors import choose, positive_number
+
+
+class Regularizer:
+    """`l1 * sum(|w|) + l2 * sum(w**2)`, added to the loss of every training step."""
+
+    def __init__(self, l1: float = 0.0, l2: float = 0.0):
+        owner = type(self).__name__
+        self.l1 = positive_number(owner, "l1", l1, allow_zero=True)
+        self.l2 = positive_number(owner, "l2", l2, allow_zero=True)
+
+    def loss(self, weights) -> float:
+        total = 0.0
+        if self.l1:
+            total += self.l1 * float(np.abs(weights).sum())
+        if self.l2:
+            total += self.l2 * float(np.vdot(weights, weights))
+        return total
+
+    def add_gradient(self, weights, grad) -> None:
+        """grad += d(loss)/d(weights)."""
+        if self.l1:
+            grad += self.l1 * np.sign(weights)
+        if self.l2:
+            grad += (2 * self.l2) * weights
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(l1={self.l1}, l2={self.l2})"
+
+
+class L1(Regularizer):
+    def __init__(self, l1: float = 0.01):
+        super().__init__(l1=l1)
+
+
+class L2(Regularizer):
+    def __init__(self, l2: float = 0.01):
+        super().__init__(l2=l2)
+
+
+class L1L2(Regularizer):
+    pass
+
+
+REGULARIZERS = {"l1": L1, "l2": L2, "l1_l2": L1L2}
+
+
+def get(regularizer) -> "Regularizer | None":
+    """A Regularizer from a name, an instance, or None."""
+    if regularizer is None or isinstance(regularizer, Regularizer):
+        return regularizer
+    choose("regularizer", regularizer, REGULARIZERS)
+    return REGULARIZERS[regularizer]()
