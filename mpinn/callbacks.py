@@ -35,7 +35,8 @@ class History(Callback):
 
 
 class EarlyStopping(Callback):
-    """Stop when `monitor` has not improved by `min_delta` for `patience` epochs."""
+    """Stop when `monitor` has not improved by more than `min_delta` for `patience` epochs
+    (as in Keras, patience 0 and 1 both stop at the first epoch without improvement)."""
 
     def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, mode="auto",
                  restore_best_weights=False):
@@ -71,7 +72,7 @@ class EarlyStopping(Callback):
                 self.best_weights = self.model.get_weights()
             return
         self.wait += 1
-        if self.wait > self.patience:
+        if self.wait >= self.patience:
             self.stopped_epoch = epoch
             self.model.stop_training = True
 
