@@ -3,7 +3,6 @@ a seeded synthetic task whose classes are not linearly separable."""
 
 import numpy as np
 
-import mpinn
 from mpinn import Dense, Sequential
 from mpinn.data import Dataset, train_test_split
 
