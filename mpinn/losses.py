@@ -78,7 +78,7 @@ class BinaryCrossentropy(Loss):
 
     def value_and_grad(self, y_true, y_pred, grad_out):
         if self.from_logits:
-            probs = 1 / (1 + np.exp(-y_pred))
+            probs = np.exp(_log_sigmoid(y_pred))
             return self.logits_value_and_grad(y_true, y_pred, probs, grad_out)
         p = np.clip(y_pred, EPSILON, 1 - EPSILON)
         value = -float((y_true * np.log(p) + (1 - y_true) * np.log(1 - p)).sum()) / p.size

@@ -7,6 +7,7 @@ import numpy as np
 from . import callbacks as callbacks_module
 from . import inputs, losses, optim
 from .backend import resolve_backend
+from .dist.strategy import LocalStrategy
 from .errors import ConfigError, choose, fraction, positive_int
 from .layers import Dropout, Layer
 from .metrics import METRICS
@@ -237,9 +238,13 @@ class Sequential:
 
     def fit(self, x, y, batch_size: int = 32, epochs: int = 1, verbose="auto",
             callbacks=None, validation_split: float = 0.0, validation_data=None,
-            shuffle: bool = True, initial_epoch: int = 0):
-        """Train for `epochs` passes over (x, y); returns a History of per-epoch logs."""
+            shuffle: bool = True, initial_epoch: int = 0, strategy=None):
+        """Train for `epochs` passes over (x, y); returns a History of per-epoch logs.
+
+        With a `strategy` (the CLI's runner gives one), every process calls fit with the
+        same data and trains its shard of each global batch of `batch_size` samples."""
         self._require_compiled("fit")
+        strategy = strategy or LocalStrategy()
         batch_size = positive_int("fit", "batch_size", batch_size)
         epochs = positive_int("fit", "epochs", epochs)
         verbose = _verbosity(verbose)
@@ -259,6 +264,7 @@ class Sequential:
                 raise ConfigError("fit: validation_data must be a pair (x_val, y_val)")
             validation = self._checked(*validation_data, "x_val", "y_val")
 
+        strategy.setup(self)
         steps = math.ceil(len(x) / batch_size)
         self.history = callbacks_module.History()
         hooks = [self.history, *(callbacks or [])]
@@ -272,14 +278,15 @@ class Sequential:
         for epoch in range(initial_epoch, epochs):
             for hook in hooks:
                 hook.on_epoch_begin(epoch)
-            logs = self._train_epoch(x, y, batch_size, shuffle, epoch, hooks)
+            logs = self._train_epoch(x, y, batch_size, shuffle, epoch, hooks, strategy)
             if validation_data is not None:
-                val = self._evaluate_checked(*validation, batch_size)
+                val = self._evaluate_checked(*validation, batch_size, strategy)
                 logs.update({f"val_{key}": value for key, value in val.items()})
             for hook in hooks:
                 hook.on_epoch_end(epoch, logs)
             if self.stop_training:
                 break
+        strategy.finish(self)
         for hook in hooks:
             hook.on_train_end()
         return self.history
@@ -289,33 +296,42 @@ class Sequential:
         seed = np.random.SeedSequence(self.seed, spawn_key=(SHUFFLE_STREAM, epoch))
         return np.random.default_rng(seed).permutation(samples)
 
-    def _train_epoch(self, x, y, batch_size, shuffle, epoch, hooks) -> dict:
+    def _train_epoch(self, x, y, batch_size, shuffle, epoch, hooks, strategy) -> dict:
         samples = len(x)
         order = self.backend.asarray(self.epoch_order(samples, epoch)) if shuffle else None
         sums = _Sums(self.metrics)
         for step, start in enumerate(range(0, samples, batch_size)):
             stop = min(start + batch_size, samples)
-            if order is None:
-                xb, yb = x[start:stop], y[start:stop]
+            low, high = strategy.shard(stop - start)
+            low, high = start + low, start + high
+            if high > low:
+                if order is None:
+                    xb, yb = x[low:high], y[low:high]
+                else:
+                    index = order[low:high]
+                    xb = np.take(x, index, axis=0,
+                                 out=self._workspace.get("x_batch", high - low, x.shape[1]))
+                    yb = y[index]
+                loss, out = self.compute_gradients(xb, yb)
+                sums.add(loss, out, yb)
             else:
-                index = order[start:stop]
-                xb = np.take(x, index, axis=0, out=self._workspace.get(
-                    "x_batch", stop - start, x.shape[1]))
-                yb = y[index]
-            loss, out = self.compute_gradients(xb, yb)
-            self.optimizer.apply(self.params)
-            sums.add(loss, out, yb)
+                self.params.grad[...] = 0
+            strategy.apply_gradients(self, high - low, stop - start)
             for hook in hooks:
                 hook.on_train_batch_end(step, sums.means())
-        return sums.means()
+        return sums.reduced(strategy)
 
-    def _evaluate_checked(self, x, y, batch_size) -> dict:
+    def _evaluate_checked(self, x, y, batch_size, strategy=None) -> dict:
+        """Loss and metrics over (x, y); with a strategy, each rank takes its shard."""
+        strategy = strategy or LocalStrategy()
+        low, high = strategy.shard(len(x))
         sums = _Sums(self.metrics)
-        for start in range(0, len(x), batch_size):
-            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-            loss, out, _ = self._loss_and_output_grad(xb, yb, training=False)
-            sums.add(loss, out, yb)
-        return sums.means()
+        for start in range(low, high, batch_size):
+            stop = min(start + batch_size, high)
+            loss, out, _ = self._loss_and_output_grad(x[start:stop], y[start:stop],
+                                                      training=False)
+            sums.add(loss, out, y[start:stop])
+        return sums.reduced(strategy)
 
     def evaluate(self, x, y, batch_size: int = 32, verbose=0, return_dict: bool = False):
         """Loss (and metrics) over (x, y), in inference mode."""
@@ -360,9 +376,20 @@ class _Sums:
             self.totals[i] += metric.batch_sum(y, out)
 
     def means(self) -> dict:
-        logs = {"loss": self.loss / self.samples}
-        for metric, total in zip(self.metrics, self.totals, strict=True):
-            logs[metric.name] = total / self.samples
+        return self._logs(self.samples, self.loss, self.totals)
+
+    def reduced(self, strategy) -> dict:
+        """Means over every rank's samples (exact, whatever the shard sizes)."""
+        if strategy.size == 1:
+            return self.means()
+        samples, loss, *totals = strategy.reduce([self.samples, self.loss, *self.totals])
+        return self._logs(samples, loss, totals)
+
+    def _logs(self, samples, loss, totals) -> dict:
+        samples = max(samples, 1)
+        logs = {"loss": float(loss) / samples}
+        for metric, total in zip(self.metrics, totals, strict=True):
+            logs[metric.name] = float(total) / samples
         return logs
 
 

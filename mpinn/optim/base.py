@@ -73,6 +73,8 @@ class Optimizer:
         self.iterations = 0
 
     def build(self, params) -> None:
+        """Fresh state for `params`: zeroed buffers, step count 0."""
+        self.iterations = 0
         for transform in self.transforms:
             transform.init(params)
 

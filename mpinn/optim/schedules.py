@@ -90,8 +90,9 @@ class CosineDecay(LearningRateSchedule):
 
 
 class LinearWarmup(LearningRateSchedule):
-    """Rise linearly from 0 to the wrapped schedule's rate over warmup_steps, then follow it
-    (shifted, so that it starts where the warm-up ends)."""
+    """Rise linearly to the wrapped schedule's first rate over warmup_steps (rate * (step + 1)
+    / warmup_steps, so the first step already moves), then follow the schedule from its
+    start."""
 
     def __init__(self, schedule, warmup_steps):
         self.schedule = get(schedule)

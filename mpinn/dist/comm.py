@@ -1,0 +1,90 @@
+"""The only module that imports mpi4py. `world()` gives an MPI communicator when an MPI
+library loads, and a world of one (LocalComm) where none does, so that one process
+trains without MPI installed or working."""
+
+import os
+
+import numpy as np
+
+from ..errors import MpinnError
+
+# set by the launchers we know: MPICH/Hydra, Open MPI, PMIx, Slurm's srun
+LAUNCHER_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_NTASKS")
+
+
+class Comm:
+    """Buffer-based collectives over flat NumPy buffers (never pickled)."""
+
+    rank = 0
+    size = 1
+    library = "none"
+
+    def allreduce_sum(self, buffer) -> None:
+        """Sum `buffer` over all ranks, in place."""
+
+    def broadcast(self, buffer, root: int = 0) -> None:
+        """Overwrite `buffer` on every rank with root's, in place."""
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank if `flag` is true on any rank."""
+        return bool(flag)
+
+    def abort(self, code: int = 1) -> None:
+        """End every rank of the job now."""
+        os._exit(code)
+
+
+class LocalComm(Comm):
+    """A world of one process."""
+
+    def __init__(self, reason: str = "single process"):
+        self.library = f"none ({reason})"
+
+
+class MPIComm(Comm):
+    def __init__(self, mpi):
+        self.MPI = mpi
+        self.comm = mpi.COMM_WORLD.Dup()
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        self.library = mpi.Get_library_version().splitlines()[0].strip()
+
+    def allreduce_sum(self, buffer):
+        self.comm.Allreduce(self.MPI.IN_PLACE, buffer, op=self.MPI.SUM)
+
+    def broadcast(self, buffer, root=0):
+        self.comm.Bcast(buffer, root=root)
+
+    def any(self, flag):
+        return bool(self.comm.allreduce(int(bool(flag)), op=self.MPI.MAX))
+
+    def abort(self, code=1):
+        self.MPI.COMM_WORLD.Abort(code)
+
+
+def launched_size() -> int:
+    """The world size a launcher announced in the environment (1 when none did)."""
+    for name in LAUNCHER_SIZE_VARIABLES:
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 1
+
+
+def world() -> Comm:
+    """The job's communicator: MPI's world, or a world of one where MPI cannot load."""
+    try:
+        from mpi4py import MPI
+    except Exception as exc:  # noqa: BLE001 - any failure to load MPI means: no MPI
+        if launched_size() > 1:
+            raise MpinnError(
+                f"launched as one of {launched_size()} processes, but mpi4py cannot load an "
+                f"MPI library: {exc}"
+            ) from exc
+        return LocalComm(f"mpi4py unavailable: {exc}")
+    return MPIComm(MPI)
+
+
+def sums(comm: Comm, values) -> np.ndarray:
+    """Element-wise sum over ranks of a small float64 vector (a copy)."""
+    buffer = np.array(values, dtype=np.float64)
+    comm.allreduce_sum(buffer)
+    return buffer
