@@ -1,7 +1,9 @@
 """Callbacks: hooks into `fit`, Keras-style (History, EarlyStopping, progress output)."""
 
+import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -85,33 +87,71 @@ def format_logs(logs: dict) -> str:
     return " - ".join(f"{key}: {value:.4f}" for key, value in logs.items())
 
 
-class ProgressLogger(Callback):
-    """verbose=1: a progress bar per epoch (one line at its end when not on a terminal);
-    verbose=2: one line per epoch."""
+class _EpochClock(Callback):
+    """Times each epoch's training steps (validation excluded) for throughput figures."""
 
-    def __init__(self, verbose: int, epochs: int, steps: int, stream=None):
-        self.verbose, self.epochs, self.steps = verbose, epochs, steps
-        self.stream = stream or sys.stdout
-        self.live = verbose == 1 and self.stream.isatty()
+    def __init__(self, samples: int):
+        self.samples = samples
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.started = time.perf_counter()
-        if self.verbose == 1:
-            self.stream.write(f"Epoch {epoch + 1}/{self.epochs}\n")
+        self.started = self.trained = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.live:
-            done = batch + 1
-            bar = ("=" * (30 * done // self.steps)).ljust(30, ".")
-            self.stream.write(f"\r{done}/{self.steps} [{bar}] - {format_logs(logs or {})}")
-            self.stream.flush()
+        self.trained = time.perf_counter()
+
+    def training_seconds(self) -> float:
+        return max(self.trained - self.started, 1e-9)
+
+    def samples_per_second(self) -> float:
+        return self.samples / self.training_seconds()
+
+
+class ProgressLogger(_EpochClock):
+    """Progress of each epoch. mode "bar": a live bar (steps, loss, metrics, samples/s,
+    ETA); "lines": one line per epoch; "auto": the bar on a terminal, lines otherwise."""
+
+    def __init__(self, mode: str, epochs: int, samples: int, batch_size: int, stream=None):
+        choose("progress mode", mode, ("auto", "bar", "lines"))
+        super().__init__(samples)
+        self.epochs, self.batch_size = epochs, batch_size
+        self.steps = -(-samples // batch_size)
+        self.stream = stream or sys.stdout
+        self.live = mode == "bar" or (mode == "auto" and self.stream.isatty())
+
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch)
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(batch)
+        if not self.live:
+            return
+        done = batch + 1
+        elapsed = self.training_seconds()
+        rate = min(done * self.batch_size, self.samples) / elapsed
+        eta = elapsed * (self.steps - done) / done
+        bar = ("=" * (24 * done // self.steps)).ljust(24, ".")
+        self.stream.write(f"\rEpoch {self.epoch + 1}/{self.epochs} {done}/{self.steps} [{bar}] "
+                          f"{format_logs(logs or {})} - {rate:,.0f} samples/s - ETA {eta:.0f}s")
+        self.stream.flush()
 
     def on_epoch_end(self, epoch, logs=None):
-        seconds = time.perf_counter() - self.started
-        line = f"{seconds:.1f}s - {format_logs(logs or {})}"
-        if self.verbose == 1:
-            prefix = "\r" if self.live else ""
-            self.stream.write(f"{prefix}{self.steps}/{self.steps} - {line}\n")
-        else:
-            self.stream.write(f"Epoch {epoch + 1}/{self.epochs} - {line}\n")
+        line = (f"Epoch {epoch + 1}/{self.epochs} - {self.training_seconds():.2f}s - "
+                f"{format_logs(logs or {})} - {self.samples_per_second():,.0f} samples/s")
+        self.stream.write(("\r\033[K" if self.live else "") + line + "\n")
         self.stream.flush()
+
+
+class MetricsLog(_EpochClock):
+    """Appends one JSON line per epoch (the logs, time and throughput) to `path`."""
+
+    def __init__(self, path, samples: int, **fields):
+        super().__init__(samples)
+        self.path, self.fields = Path(path), fields
+
+    def on_epoch_end(self, epoch, logs=None):
+        record = {"epoch": epoch + 1, **(logs or {}),
+                  "seconds": round(self.training_seconds(), 4),
+                  "samples_per_second": round(self.samples_per_second(), 1), **self.fields}
+        with self.path.open("a") as file:
+            file.write(json.dumps(record) + "\n")

@@ -1,7 +1,5 @@
 """Sequential: a stack of layers with Keras' compile / fit / evaluate / predict."""
 
-import math
-
 import numpy as np
 
 from . import callbacks as callbacks_module
@@ -265,11 +263,11 @@ class Sequential:
             validation = self._checked(*validation_data, "x_val", "y_val")
 
         strategy.setup(self)
-        steps = math.ceil(len(x) / batch_size)
         self.history = callbacks_module.History()
         hooks = [self.history, *(callbacks or [])]
         if verbose:
-            hooks.append(callbacks_module.ProgressLogger(verbose, epochs, steps))
+            mode = "auto" if verbose == 1 else "lines"
+            hooks.append(callbacks_module.ProgressLogger(mode, epochs, len(x), batch_size))
         for hook in hooks:
             hook.set_model(self)
         self.stop_training = False

@@ -1,0 +1,252 @@
+"""The one wiring point: a validated Job -> backend, data, model, strategy -> training.
+
+Everything that can fail on bad input (data files, layer arguments, plugin names) is done
+in `prepare`, before the first collective, so that a bad job ends every rank with the
+same one-line message instead of leaving some of them waiting in an Allreduce.
+"""
+
+import inspect
+import os
+import socket
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import optim, plugins
+from .callbacks import MetricsLog, ProgressLogger
+from .checkpoint import save_parameters
+from .config import Job, load_job
+from .data import train_test_split
+from .dist.comm import Comm, world
+from .errors import ConfigError, MpinnError
+from .layers import Activation, Dense, Dropout
+from .model import Sequential
+from .optim import schedules
+
+LAYER_TYPES = {"dense": Dense, "dropout": Dropout, "activation": Activation}
+SCHEDULES = {
+    "exponential": schedules.ExponentialDecay,
+    "inverse_time": schedules.InverseTimeDecay,
+    "step": schedules.StepDecay,
+    "cosine": schedules.CosineDecay,
+}
+FAILURE_VARIABLE = "MPINN_FAIL_AT"  # "rank:step": raise there, to test failure handling
+
+
+@dataclass
+class Prepared:
+    job: Job
+    model: Sequential
+    strategy: object
+    train: tuple
+    validation: "tuple | None"
+    run_directory: Path
+
+
+def _keyword_names(target) -> list[str]:
+    """Keyword arguments `target` accepts, following **kwargs up a class's bases."""
+    names = []
+    for owner in (target.__mro__ if inspect.isclass(target) else [target]):
+        function = owner.__init__ if inspect.isclass(target) else owner
+        if inspect.isclass(target) and "__init__" not in vars(owner):
+            continue
+        parameters = inspect.signature(function).parameters.values()
+        names += [p.name for p in parameters if p.name != "self" and p.name not in names
+                  and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return names
+
+
+def _call_checked(where: str, target, kwargs: dict):
+    """target(**kwargs), with unknown arguments and bad values named by `where`."""
+    allowed = _keyword_names(target)
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]}; allowed: {', '.join(allowed)}")
+    try:
+        return target(**kwargs)
+    except MpinnError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def build_model(job: Job) -> Sequential:
+    layers = []
+    for index, spec in enumerate(job["model.layers"]):
+        options = dict(spec)
+        kind = options.pop("type")
+        where = f"{job.source}: model.layers[{index}]"
+        if kind not in LAYER_TYPES:
+            raise ConfigError(f"{where}: unknown layer type {kind!r}; allowed: "
+                              f"{', '.join(LAYER_TYPES)}")
+        layers.append(_call_checked(where, LAYER_TYPES[kind], options))
+    model = _call_checked(f"{job.source}: [model]", Sequential, {
+        "layers": layers, "seed": job["run.seed"], "dtype": job["model.dtype"],
+        "backend": job["model.backend"]})
+    model.compile(optimizer=build_optimizer(job), loss=job["training.loss"],
+                  metrics=job["training.metrics"])
+    return model
+
+
+def build_optimizer(job: Job) -> optim.Optimizer:
+    name = job["optimizer.name"]
+    if name not in optim.OPTIMIZERS:
+        raise ConfigError(f"{job.source}: optimizer.name = {name!r} is not allowed; allowed: "
+                          f"{', '.join(optim.OPTIMIZERS)}")
+    learning_rate = job["optimizer.learning_rate"]
+    schedule = dict(job["optimizer.schedule"])
+    if schedule:
+        where = f"{job.source}: optimizer.schedule"
+        warmup = schedule.pop("warmup_steps", None)
+        kind = schedule.pop("name", None)
+        if kind is not None:
+            if kind not in SCHEDULES:
+                raise ConfigError(f"{where}.name = {kind!r} is not allowed; allowed: "
+                                  f"{', '.join(SCHEDULES)}")
+            learning_rate = _call_checked(where, SCHEDULES[kind],
+                                          {"initial_learning_rate": learning_rate, **schedule})
+        elif schedule:
+            raise ConfigError(f"{where}: needs a name to go with {', '.join(schedule)}")
+        if warmup is not None:
+            learning_rate = _call_checked(where, schedules.LinearWarmup,
+                                          {"schedule": learning_rate, "warmup_steps": warmup})
+    return _call_checked(f"{job.source}: [optimizer]", optim.OPTIMIZERS[name],
+                         {"learning_rate": learning_rate, **job.extras("optimizer")})
+
+
+def load_data(job: Job):
+    """(x, y) for training and validation: a hold-out drawn with the run's seed."""
+    name = job["data.dataset"]
+    try:
+        loader = plugins.load(plugins.DATASETS, name)
+    except MpinnError as exc:
+        raise ConfigError(f"{job.source}: data.dataset: {exc}") from exc
+    x, y = _call_checked(f"{job.source}: [data] (dataset {name!r})", loader,
+                         job.extras("data"))
+    split = job["data.validation_split"]
+    if not split:
+        return (x, y), None
+    x_train, x_val, y_train, y_val = train_test_split(x, y, split, seed=job["run.seed"])
+    return (x_train, y_train), (x_val, y_val)
+
+
+def load_strategy(job: Job, comm: Comm):
+    name = job["training.strategy"]
+    try:
+        strategy_class = plugins.load(plugins.STRATEGIES, name)
+    except MpinnError as exc:
+        raise ConfigError(f"{job.source}: training.strategy: {exc}") from exc
+    return strategy_class(comm)
+
+
+def prepare(job: Job, comm: Comm) -> Prepared:
+    """Build everything a run needs; no collective communication happens here."""
+    train, validation = load_data(job)
+    model = build_model(job)
+    strategy = load_strategy(job, comm)
+    x, y = model._checked(*train)  # checks the data against the model on every rank
+    if validation is not None:
+        model._checked(*validation, "x_val", "y_val")
+    del x, y
+    directory = Path(job["run.directory"].format(name=job["run.name"]))
+    return Prepared(job, model, strategy, train, validation, directory)
+
+
+def train(prepared: Prepared, progress: str = "auto"):
+    """Train the prepared run; only rank 0 prints and writes files. Returns the History."""
+    job, model, strategy = prepared.job, prepared.model, prepared.strategy
+    hooks = []
+    failure = os.environ.get(FAILURE_VARIABLE)
+    if failure:
+        hooks.append(InjectedFailure(strategy.rank, failure))
+    batch_size, epochs = job["training.batch_size"], job["training.epochs"]
+    if strategy.rank == 0:
+        prepared.run_directory.mkdir(parents=True, exist_ok=True)
+        samples = len(prepared.train[0])
+        hooks.append(MetricsLog(prepared.run_directory / job["logging.metrics_log"], samples,
+                                world_size=strategy.size))
+        if progress != "none":
+            hooks.append(ProgressLogger(progress, epochs, samples, batch_size))
+    return model.fit(*prepared.train, batch_size=batch_size, epochs=epochs, verbose=0,
+                     callbacks=hooks, validation_data=prepared.validation,
+                     shuffle=job["training.shuffle"], strategy=strategy)
+
+
+class InjectedFailure:
+    """Raises on one rank at one step, for the tests of failure handling."""
+
+    def __init__(self, rank: int, spec: str):
+        fail_rank, _, fail_step = spec.partition(":")
+        self.armed = int(fail_rank) == rank
+        self.step = int(fail_step or 0)
+        self.seen = 0
+
+    def set_model(self, model):
+        pass
+
+    def __getattr__(self, hook):
+        return lambda *args, **kwargs: None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.armed and self.seen == self.step:
+            raise RuntimeError(f"injected failure ({FAILURE_VARIABLE}) at step {self.step}")
+        self.seen += 1
+
+
+def describe(model: Sequential) -> str:
+    """One line: layer widths and parameter count."""
+    widths = [str(model.input_dim)] + [str(layer.output_dim) for layer in model.layers
+                                        if layer.values]
+    return f"{'-'.join(widths)} MLP, {model.count_params():,} parameters ({np.dtype(model.dtype)})"
+
+
+def run_job(path, overrides=(), quiet: bool = False) -> int:
+    """The whole of `mpinn train`, on every rank; returns the exit code.
+
+    Bad input: every rank exits 2 with one line, decided before any training collective.
+    Any other exception: that rank prints its traceback and aborts the whole job, since
+    mpirun would otherwise leave the other ranks waiting forever in a collective.
+    """
+    comm, prepared, error = None, None, None
+    try:
+        comm = world()
+        job = load_job(path, overrides)
+        prepared = prepare(job, comm)
+    except MpinnError as exc:
+        error = exc
+    if comm is None:
+        return _fail(f"mpinn: error: {error}", code=2)
+    tag = f"[rank {comm.rank}/{comm.size} {socket.gethostname()}] " if comm.size > 1 else ""
+    if comm.any(error is not None):
+        reason = error or "another rank could not set up the job (see its message)"
+        return _fail(f"{tag}mpinn: error: {reason}", code=2)
+    progress = "none" if quiet else prepared.job["logging.progress"]
+    try:
+        history = train(prepared, progress)
+    except Exception:  # noqa: BLE001 - any failure must end every rank, not hang them
+        lines = traceback.format_exc().rstrip().splitlines()
+        sys.stderr.write("".join(f"{tag}{line}\n" for line in lines))
+        sys.stderr.flush()
+        if comm.size > 1:
+            comm.abort(1)
+        return 1
+    if comm.rank == 0:
+        save_parameters(prepared.run_directory / "final.h5", prepared.model,
+                        config=prepared.job.text, world_size=comm.size)
+    if comm.rank == 0 and not quiet:
+        final = history.history
+        figures = " - ".join(f"{key}: {values[-1]:.4f}" for key, values in final.items())
+        print(f"trained {describe(prepared.model)} on {comm.size} rank(s): {figures}")
+        print(f"model: {prepared.run_directory / 'final.h5'}, metrics log: "
+              f"{prepared.run_directory / prepared.job['logging.metrics_log']}")
+    return 0
+
+
+def _fail(message: str, code: int) -> int:
+    print(message, file=sys.stderr)
+    return code

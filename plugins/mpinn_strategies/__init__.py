@@ -1,0 +1,1 @@
+"""mpinn's built-in strategy plugins, registered under `mpinn.strategies`."""

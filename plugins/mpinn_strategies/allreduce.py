@@ -1,0 +1,22 @@
+"""Synchronous data parallelism: every rank trains its shard of each global batch, the
+gradients are averaged with one Allreduce on the flat gradient buffer, and every rank
+applies the same optimizer step, so all ranks hold the same parameters throughout."""
+
+from mpinn.dist import Strategy
+
+
+class AllreduceStrategy(Strategy):
+    name = "allreduce"
+
+    def setup(self, model):
+        model.backend.synchronize()
+        self.comm.broadcast(model.params.data, root=0)
+
+    def apply_gradients(self, model, local_samples, global_samples):
+        grad = model.params.grad
+        if self.size > 1:
+            # weight each rank's mean by its share: the sum is the global batch's mean
+            grad *= local_samples / global_samples
+            model.backend.synchronize()
+            self.comm.allreduce_sum(grad)
+        model.optimizer.apply(model.params)

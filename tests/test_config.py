@@ -1,0 +1,115 @@
+"""Job files: strict validation with one-line messages naming the key and the value."""
+
+from pathlib import Path
+
+import pytest
+
+from mpinn import ConfigError
+from mpinn.config import default_job_text, load_job, parse_job
+from mpinn.dist import LocalComm
+from mpinn.runner import build_model, build_optimizer, prepare
+
+ROOT = Path(__file__).resolve().parent.parent
+MINIMAL = """
+[model]
+layers = [{ type = "dense", units = 3, activation = "softmax" }]
+[training]
+loss = "sparse_categorical_crossentropy"
+"""
+
+
+def test_jobs_digits_toml_is_the_embedded_default_job():
+    assert (ROOT / "jobs" / "digits.toml").read_text() == default_job_text()
+    assert load_job(ROOT / "jobs" / "digits.toml").sections == load_job(None).sections
+
+
+def test_defaults_fill_in_and_the_job_is_read_only():
+    job = parse_job(MINIMAL)
+    assert job["training.epochs"] == 10 and job["training.strategy"] == "allreduce"
+    assert job["optimizer.learning_rate"] == 0.001
+    with pytest.raises(TypeError):
+        job.sections["training"]["epochs"] = 3
+
+
+def test_overrides_are_parsed_as_toml_and_recorded():
+    job = parse_job(MINIMAL, overrides=["training.epochs=5", "model.backend=numpy",
+                                        "optimizer.momentum=0.9", "optimizer.name='sgd'"])
+    assert job["training.epochs"] == 5 and job["model.backend"] == "numpy"
+    assert job.extras("optimizer") == {"momentum": 0.9}
+    assert "# training.epochs=5" in job.text
+    assert build_optimizer(job).momentum == 0.9
+
+
+@pytest.mark.parametrize("text, overrides, message", [
+    (MINIMAL + "[training2]\n", [], "unknown section [training2]"),
+    (MINIMAL.replace("[training]", "[training]\nepoch = 3"), [],
+     "unknown key training.epoch; allowed in [training]: epochs,"),
+    (MINIMAL.replace("[training]", "[training]\nepochs = 'ten'"), [],
+     "training.epochs must be an integer, got 'ten'"),
+    (MINIMAL.replace("[training]", "[training]\nbatch_size = -4"), [],
+     "training.batch_size must be > 0, got -4"),
+    (MINIMAL.replace("[training]", "[training]\nshuffle = 1"), [],
+     "training.shuffle must be true or false, got 1"),
+    (MINIMAL + "[data]\nvalidation_split = 1.5\n", [],
+     "data.validation_split must be in [0, 1), got 1.5"),
+    (MINIMAL.replace("[model]", "[model]\ndtype = 'float16'"), [],
+     "model.dtype = 'float16' is not allowed; allowed: float32, float64"),
+    ("[training]\nloss = 'mse'\n", [], "model.layers is required"),
+    (MINIMAL, ["training.epochs=0"], "training.epochs must be > 0, got 0"),
+    (MINIMAL, ["training.epoch=3"], "--set 'training.epoch=3': unknown key training.epoch"),
+    (MINIMAL, ["epochs"], "expected section.key=value"),
+    ("[model\n", [], "not valid TOML"),
+    (MINIMAL.replace('type = "dense", ', ""), [], "model.layers[0] must be a table with a"),
+])
+def test_bad_job_values_are_named(text, overrides, message):
+    with pytest.raises(ConfigError) as info:
+        parse_job(text, "job.toml", overrides)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert str(info.value).startswith(("job.toml", "--set"))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.layers=[{type='conv', units=3}]"],
+     "job.toml: model.layers[0]: unknown layer type 'conv'; allowed: dense, dropout"),
+    (["model.layers=[{type='dense', units=-3}]"],
+     "job.toml: model.layers[0]: Dense: units must be a positive integer. Received: units=-3"),
+    (["model.layers=[{type='dense', unit=3}]"],
+     "job.toml: model.layers[0]: unknown key unit; allowed: units, activation"),
+    (["model.layers=[{type='dense', units=3, activation='swish'}]"],
+     "unknown activation 'swish'; allowed:"),
+    (["optimizer.betas=0.9"], "job.toml: [optimizer]: unknown key betas; allowed:"),
+    (["optimizer.name='lion'"], "optimizer.name = 'lion' is not allowed; allowed: sgd, adam"),
+    (["optimizer.learning_rate=-0.1"], "optimizer.learning_rate must be > 0, got -0.1"),
+    (["optimizer.schedule={name='cosine', decay_steps=0}"],
+     "optimizer.schedule: CosineDecay: decay_steps must be a number > 0"),
+    (["optimizer.schedule={name='linear'}"], "optimizer.schedule.name = 'linear' is not allowed"),
+    (["training.loss='hinge'"], "unknown loss 'hinge'"),
+    (["model.backend='tpu'"], "no mpinn.backends plugin named 'tpu'; installed: "),
+])
+def test_bad_model_settings_are_named(overrides, message):
+    with pytest.raises(ConfigError, match=None) as info:
+        build_model(parse_job(MINIMAL, "job.toml", overrides))
+    assert message in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.dataset='imagenet'"], "data.dataset: no mpinn.datasets plugin named 'imagenet'"),
+    (["data.dataset='npz'", "data.path='missing.npz'"], "data file 'missing.npz' does not exist"),
+    (["data.dataset='npz'", "data.file='x.npz'"],
+     "[data] (dataset 'npz'): unknown key file; allowed: path, x, y"),
+    (["training.strategy='gossip'"], "training.strategy: no mpinn.strategies plugin named"),
+    (["data.dataset='regression'"], "not a class index"),
+])
+def test_bad_data_and_strategy_settings_are_named(overrides, message):
+    job = parse_job(MINIMAL, "job.toml", overrides)
+    with pytest.raises(Exception) as info:
+        prepare(job, LocalComm())
+    assert message in str(info.value), str(info.value)
+
+
+def test_schedule_and_warmup_from_the_job():
+    job = parse_job(MINIMAL, overrides=[
+        "optimizer.schedule={name='step', step_size=10, factor=0.5, warmup_steps=5}"])
+    schedule = build_optimizer(job).learning_rate
+    assert schedule(0) == pytest.approx(0.001 / 5)
+    assert schedule(5) == pytest.approx(0.001) and schedule(15) == pytest.approx(0.0005)
