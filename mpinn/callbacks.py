@@ -118,14 +118,17 @@ class ProgressLogger(_EpochClock):
         self.stream = stream or sys.stdout
         self.live = mode == "bar" or (mode == "auto" and self.stream.isatty())
 
+    redraw_seconds = 0.1  # a fast model must not flood the terminal
+
     def on_epoch_begin(self, epoch, logs=None):
         super().on_epoch_begin(epoch)
-        self.epoch = epoch
+        self.epoch, self.drawn = epoch, 0.0
 
     def on_train_batch_end(self, batch, logs=None):
         super().on_train_batch_end(batch)
-        if not self.live:
+        if not self.live or self.trained - self.drawn < self.redraw_seconds:
             return
+        self.drawn = self.trained
         done = batch + 1
         elapsed = self.training_seconds()
         rate = min(done * self.batch_size, self.samples) / elapsed
