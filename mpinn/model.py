@@ -101,6 +101,9 @@ class Sequential:
             if isinstance(layer, Dropout):
                 seed = np.random.SeedSequence(self.seed, spawn_key=(DROPOUT_STREAM, index))
                 layer.rng = self.backend.rng(seed)
+        self._penalties = [(reg, layer.values[name], layer.grads[name])
+                           for layer in self.layers
+                           for name, reg in layer.regularizers().items()]
         # a layer needs dL/d(input) only if some layer before it has parameters
         self._input_grad = [
             any(earlier.values for earlier in self.layers[:i]) for i in range(len(self.layers))
@@ -201,12 +204,20 @@ class Sequential:
             loss = self.loss.logits_value_and_grad(y, self.layers[-1].logits, out, grad)
         else:
             loss = self.loss.value_and_grad(y, out, grad)
-        loss += sum(layer.regularization_loss() for layer in self.layers)
+        loss += sum(reg.loss(weights) for reg, weights, _ in self._penalties)
         return loss, out, grad
 
-    def compute_gradients(self, x, y):
-        """Forward and backward on one batch: fills `params.grad`; returns (loss, output)."""
+    def compute_gradients(self, x, y, scale: float = 1.0):
+        """Forward and backward on one batch: fills `params.grad` with `scale` times the
+        gradient of the mean loss; returns (loss, output).
+
+        Data-parallel training passes scale = (this batch's samples) / (global batch), so
+        that the gradients of all ranks sum to the global batch's mean gradient. The
+        scaling costs nothing: backward is linear in dL/d(output), a (batch, units) array.
+        """
         loss, out, dy = self._loss_and_output_grad(x, y, training=True)
+        if scale != 1.0:
+            dy *= scale
         last = len(self.layers) - 1
         for index in range(last, -1, -1):
             layer, input_grad = self.layers[index], self._input_grad[index]
@@ -214,6 +225,8 @@ class Sequential:
                 dy = layer.backward(dy, input_grad, from_logits=True)
             else:
                 dy = layer.backward(dy, input_grad)
+        for reg, weights, grad in self._penalties:
+            reg.add_gradient(weights, grad, scale)
         return loss, out
 
     def train_on_batch(self, x, y):
@@ -307,10 +320,12 @@ class Sequential:
                     xb, yb = x[low:high], y[low:high]
                 else:
                     index = order[low:high]
-                    xb = np.take(x, index, axis=0,
+                    # mode="clip" (the indices are valid): "raise" would gather into a
+                    # temporary first and then copy it into `out`
+                    xb = np.take(x, index, axis=0, mode="clip",
                                  out=self._workspace.get("x_batch", high - low, x.shape[1]))
                     yb = y[index]
-                loss, out = self.compute_gradients(xb, yb)
+                loss, out = self.compute_gradients(xb, yb, (high - low) / (stop - start))
                 sums.add(loss, out, yb)
             else:
                 self.params.grad[...] = 0

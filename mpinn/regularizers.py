@@ -21,12 +21,12 @@ class Regularizer:
             total += self.l2 * float(np.vdot(weights, weights))
         return total
 
-    def add_gradient(self, weights, grad) -> None:
-        """grad += d(loss)/d(weights)."""
+    def add_gradient(self, weights, grad, scale: float = 1.0) -> None:
+        """grad += scale * d(loss)/d(weights)."""
         if self.l1:
-            grad += self.l1 * np.sign(weights)
+            grad += (scale * self.l1) * np.sign(weights)
         if self.l2:
-            grad += (2 * self.l2) * weights
+            grad += (scale * 2 * self.l2) * weights
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(l1={self.l1}, l2={self.l2})"

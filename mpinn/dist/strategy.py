@@ -31,8 +31,9 @@ class Strategy:
         return count * self.rank // self.size, count * (self.rank + 1) // self.size
 
     def apply_gradients(self, model, local_samples: int, global_samples: int) -> None:
-        """`model.params.grad` holds the mean gradient over this rank's `local_samples`
-        (zeros when it had none); apply the step for the whole global batch."""
+        """`model.params.grad` holds this rank's share of the global batch's mean gradient
+        (its local mean times local_samples / global_samples; zeros when it had none):
+        apply the step for the whole global batch."""
         raise NotImplementedError
 
     def reduce(self, values):

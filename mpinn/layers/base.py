@@ -55,8 +55,9 @@ class Layer:
     def backward(self, dy, input_grad: bool):
         raise NotImplementedError
 
-    def regularization_loss(self) -> float:
-        return 0.0
+    def regularizers(self) -> dict:
+        """Regularizer of each penalised parameter, by local name (the model applies them)."""
+        return {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"

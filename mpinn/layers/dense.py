@@ -47,11 +47,11 @@ class Dense(Layer):
             found["bias"] = self.bias_initializer
         return found
 
-    def _regularized(self):
-        pairs = [("kernel", self.kernel_regularizer)]
+    def regularizers(self):
+        pairs = {"kernel": self.kernel_regularizer}
         if self.use_bias:
-            pairs.append(("bias", self.bias_regularizer))
-        return [(name, reg) for name, reg in pairs if reg is not None]
+            pairs["bias"] = self.bias_regularizer
+        return {name: reg for name, reg in pairs.items() if reg is not None}
 
     def forward(self, x, training):
         n = x.shape[0]
@@ -72,12 +72,7 @@ class Dense(Layer):
         np.matmul(self._x.T, dz, out=self.grads["kernel"])
         if self.use_bias:
             dz.sum(axis=0, out=self.grads["bias"])
-        for name, reg in self._regularized():
-            reg.add_gradient(self.values[name], self.grads[name])
         if not input_grad:
             return None
         dx = self.workspace.get("dx", dz.shape[0], self.input_dim)
         return np.matmul(dz, self.values["kernel"].T, out=dx)
-
-    def regularization_loss(self):
-        return sum(reg.loss(self.values[name]) for name, reg in self._regularized())

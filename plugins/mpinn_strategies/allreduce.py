@@ -13,10 +13,11 @@ class AllreduceStrategy(Strategy):
         self.comm.broadcast(model.params.data, root=0)
 
     def apply_gradients(self, model, local_samples, global_samples):
-        grad = model.params.grad
-        if self.size > 1:
-            # weight each rank's mean by its share: the sum is the global batch's mean
-            grad *= local_samples / global_samples
-            model.backend.synchronize()
-            self.comm.allreduce_sum(grad)
+        self.exchange(model)
         model.optimizer.apply(model.params)
+
+    def exchange(self, model):
+        """Sum every rank's share of the mean gradient: one in-place Allreduce."""
+        if self.size > 1:
+            model.backend.synchronize()
+            self.comm.allreduce_sum(model.params.grad)
