@@ -38,7 +38,9 @@ SCHEMA = {
         "loss": (str, REQUIRED),
         "metrics": (list, []),
         "shuffle": (bool, True),
-        "strategy": (str, "allreduce"),
+    },
+    "strategy": {
+        "name": (str, "allreduce"),
     },
     "optimizer": {
         "name": (str, "adam"),
@@ -50,9 +52,9 @@ SCHEMA = {
         "metrics_log": (str, "metrics.jsonl"),
     },
 }
-# Other keys in these sections are arguments of the dataset plugin or optimizer they name;
+# Other keys in these sections are arguments of the dataset, optimizer or strategy they name;
 # the runner checks them against its signature.
-OPEN_SECTIONS = {"data", "optimizer"}
+OPEN_SECTIONS = {"data", "optimizer", "strategy"}
 POSITIVE = {"training.epochs", "training.batch_size", "optimizer.learning_rate"}
 TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
               list: "an array", dict: "a table"}

@@ -61,14 +61,17 @@ def _keyword_names(target) -> list[str]:
     return names
 
 
-def _call_checked(where: str, target, kwargs: dict):
-    """target(**kwargs), with unknown arguments and bad values named by `where`."""
-    allowed = _keyword_names(target)
+def _call_checked(where: str, target, kwargs: dict, fixed: "dict | None" = None):
+    """target(**fixed, **kwargs), with unknown keys and bad values named by `where`;
+    `fixed` are arguments the job does not set."""
+    fixed = fixed or {}
+    allowed = [name for name in _keyword_names(target) if name not in fixed]
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]}; allowed: {', '.join(allowed)}")
+        raise ConfigError(f"{where}: unknown key {unknown[0]}; allowed: "
+                          f"{', '.join(allowed) or 'none'}")
     try:
-        return target(**kwargs)
+        return target(**fixed, **kwargs)
     except MpinnError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
     except TypeError as exc:
@@ -136,12 +139,13 @@ def load_data(job: Job):
 
 
 def load_strategy(job: Job, comm: Comm):
-    name = job["training.strategy"]
+    name = job["strategy.name"]
     try:
         strategy_class = plugins.load(plugins.STRATEGIES, name)
     except MpinnError as exc:
-        raise ConfigError(f"{job.source}: training.strategy: {exc}") from exc
-    return strategy_class(comm)
+        raise ConfigError(f"{job.source}: strategy.name: {exc}") from exc
+    return _call_checked(f"{job.source}: [strategy] ({name!r})", strategy_class,
+                         job.extras("strategy"), fixed={"comm": comm})
 
 
 def prepare(job: Job, comm: Comm) -> Prepared:

@@ -25,7 +25,7 @@ def test_jobs_digits_toml_is_the_embedded_default_job():
 
 def test_defaults_fill_in_and_the_job_is_read_only():
     job = parse_job(MINIMAL)
-    assert job["training.epochs"] == 10 and job["training.strategy"] == "allreduce"
+    assert job["training.epochs"] == 10 and job["strategy.name"] == "allreduce"
     assert job["optimizer.learning_rate"] == 0.001
     with pytest.raises(TypeError):
         job.sections["training"]["epochs"] = 3
@@ -97,7 +97,8 @@ def test_bad_model_settings_are_named(overrides, message):
     (["data.dataset='npz'", "data.path='missing.npz'"], "data file 'missing.npz' does not exist"),
     (["data.dataset='npz'", "data.file='x.npz'"],
      "[data] (dataset 'npz'): unknown key file; allowed: path, x, y"),
-    (["training.strategy='gossip'"], "training.strategy: no mpinn.strategies plugin named"),
+    (["strategy.name='gossip'"], "strategy.name: no mpinn.strategies plugin named"),
+    (["strategy.buckets=4"], "[strategy] ('allreduce'): unknown key buckets; allowed: none"),
     (["data.dataset='regression'"], "not a class index"),
 ])
 def test_bad_data_and_strategy_settings_are_named(overrides, message):
