@@ -110,11 +110,12 @@ class ProgressLogger(_EpochClock):
     """Progress of each epoch. mode "bar": a live bar (steps, loss, metrics, samples/s,
     ETA); "lines": one line per epoch; "auto": the bar on a terminal, lines otherwise."""
 
-    def __init__(self, mode: str, epochs: int, samples: int, batch_size: int, stream=None):
+    def __init__(self, mode: str, epochs: int, samples: int, batch_size: int, stream=None,
+                 steps: "int | None" = None):
         choose("progress mode", mode, ("auto", "bar", "lines"))
         super().__init__(samples)
         self.epochs, self.batch_size = epochs, batch_size
-        self.steps = -(-samples // batch_size)
+        self.steps = steps or -(-samples // batch_size)
         self.stream = stream or sys.stdout
         self.live = mode == "bar" or (mode == "auto" and self.stream.isatty())
 
@@ -131,7 +132,7 @@ class ProgressLogger(_EpochClock):
         self.drawn = self.trained
         done = batch + 1
         elapsed = self.training_seconds()
-        rate = min(done * self.batch_size, self.samples) / elapsed
+        rate = self.samples * done / self.steps / elapsed
         eta = elapsed * (self.steps - done) / done
         bar = ("=" * (24 * done // self.steps)).ljust(24, ".")
         self.stream.write(f"\rEpoch {self.epoch + 1}/{self.epochs} {done}/{self.steps} [{bar}] "

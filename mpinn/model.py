@@ -309,11 +309,20 @@ class Sequential:
 
     def _train_epoch(self, x, y, batch_size, shuffle, epoch, hooks, strategy) -> dict:
         samples = len(x)
-        order = self.backend.asarray(self.epoch_order(samples, epoch)) if shuffle else None
         sums = _Sums(self.metrics)
+        if strategy.serves:
+            strategy.serve_epoch(self, -(-samples // batch_size), hooks)
+        else:
+            self._train_steps(x, y, batch_size, shuffle, epoch, hooks, strategy, sums)
+        strategy.end_epoch(self)
+        return sums.reduced(strategy)
+
+    def _train_steps(self, x, y, batch_size, shuffle, epoch, hooks, strategy, sums) -> None:
+        samples = len(x)
+        order = self.backend.asarray(self.epoch_order(samples, epoch)) if shuffle else None
         for step, start in enumerate(range(0, samples, batch_size)):
             stop = min(start + batch_size, samples)
-            low, high = strategy.shard(stop - start)
+            low, high = strategy.train_shard(stop - start)
             low, high = start + low, start + high
             if high > low:
                 if order is None:
@@ -325,14 +334,14 @@ class Sequential:
                     xb = np.take(x, index, axis=0, mode="clip",
                                  out=self._workspace.get("x_batch", high - low, x.shape[1]))
                     yb = y[index]
-                loss, out = self.compute_gradients(xb, yb, (high - low) / (stop - start))
+                scale = strategy.gradient_scale(high - low, stop - start)
+                loss, out = self.compute_gradients(xb, yb, scale)
                 sums.add(loss, out, yb)
             else:
                 self.params.grad[...] = 0
             strategy.apply_gradients(self, high - low, stop - start)
             for hook in hooks:
                 hook.on_train_batch_end(step, sums.means())
-        return sums.reduced(strategy)
 
     def _evaluate_checked(self, x, y, batch_size, strategy=None) -> dict:
         """Loss and metrics over (x, y); with a strategy, each rank takes its shard."""

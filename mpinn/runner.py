@@ -6,6 +6,7 @@ same one-line message instead of leaving some of them waiting in an Allreduce.
 """
 
 import inspect
+import json
 import os
 import socket
 import sys
@@ -175,7 +176,8 @@ def train(prepared: Prepared, progress: str = "auto"):
         hooks.append(MetricsLog(prepared.run_directory / job["logging.metrics_log"], samples,
                                 world_size=strategy.size))
         if progress != "none":
-            hooks.append(ProgressLogger(progress, epochs, samples, batch_size))
+            steps = strategy.progress_steps(-(-samples // batch_size))
+            hooks.append(ProgressLogger(progress, epochs, samples, batch_size, steps=steps))
     return model.fit(*prepared.train, batch_size=batch_size, epochs=epochs, verbose=0,
                      callbacks=hooks, validation_data=prepared.validation,
                      shuffle=job["training.shuffle"], strategy=strategy)
@@ -242,6 +244,14 @@ def run_job(path, overrides=(), quiet: bool = False) -> int:
     if comm.rank == 0:
         save_parameters(prepared.run_directory / "final.h5", prepared.model,
                         config=prepared.job.text, world_size=comm.size)
+        report = prepared.strategy.report()
+        if report:
+            log = prepared.run_directory / prepared.job["logging.metrics_log"]
+            with log.open("a") as file:
+                file.write(json.dumps({"strategy": prepared.strategy.name, **report}) + "\n")
+            if not quiet:
+                print(f"{prepared.strategy.name}: " + ", ".join(f"{k}={v}" for k, v in
+                                                               report.items()))
     if comm.rank == 0 and not quiet:
         final = history.history
         figures = " - ".join(f"{key}: {values[-1]:.4f}" for key, values in final.items())

@@ -29,6 +29,13 @@ class Comm:
         """True on every rank if `flag` is true on any rank."""
         return bool(flag)
 
+    def send(self, buffer, dest: int, tag: int) -> None:
+        raise NotImplementedError("point-to-point messages need an MPI world")
+
+    def recv(self, buffer, source: int = -1, tag: int = -1) -> int:
+        """Receive into `buffer` (from any source with -1); returns the source rank."""
+        raise NotImplementedError("point-to-point messages need an MPI world")
+
     def abort(self, code: int = 1) -> None:
         """End every rank of the job now."""
         os._exit(code)
@@ -47,6 +54,7 @@ class MPIComm(Comm):
         self.comm = mpi.COMM_WORLD.Dup()
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.library = mpi.Get_library_version().splitlines()[0].strip()
+        self.status = mpi.Status()
 
     def allreduce_sum(self, buffer):
         self.comm.Allreduce(self.MPI.IN_PLACE, buffer, op=self.MPI.SUM)
@@ -55,7 +63,18 @@ class MPIComm(Comm):
         self.comm.Bcast(buffer, root=root)
 
     def any(self, flag):
-        return bool(self.comm.allreduce(int(bool(flag)), op=self.MPI.MAX))
+        buffer = np.array([int(bool(flag))], dtype=np.int32)
+        self.comm.Allreduce(self.MPI.IN_PLACE, buffer, op=self.MPI.MAX)
+        return bool(buffer[0])
+
+    def send(self, buffer, dest, tag):
+        self.comm.Send(buffer, dest=dest, tag=tag)
+
+    def recv(self, buffer, source=-1, tag=-1):
+        source = self.MPI.ANY_SOURCE if source == -1 else source
+        tag = self.MPI.ANY_TAG if tag == -1 else tag
+        self.comm.Recv(buffer, source=source, tag=tag, status=self.status)
+        return self.status.Get_source()
 
     def abort(self, code=1):
         self.MPI.COMM_WORLD.Abort(code)

@@ -25,15 +25,36 @@ class Strategy:
     def setup(self, model) -> None:
         """Before the first step, once the model is built and compiled."""
 
+    serves = False  # True on a rank that serves the others instead of training
+
     def shard(self, count: int) -> tuple[int, int]:
-        """The [start, stop) part of a global batch of `count` samples this rank trains:
-        contiguous, sizes differing by at most one, possibly empty."""
+        """The [start, stop) part of `count` samples this rank evaluates: contiguous, sizes
+        differing by at most one, possibly empty."""
         return count * self.rank // self.size, count * (self.rank + 1) // self.size
 
+    def train_shard(self, count: int) -> tuple[int, int]:
+        """The part of a global batch of `count` samples this rank trains."""
+        return self.shard(count)
+
+    def gradient_scale(self, local_samples: int, global_samples: int) -> float:
+        """The weight of this rank's mean gradient (see apply_gradients)."""
+        return local_samples / global_samples
+
+    def progress_steps(self, steps: int) -> int:
+        """How many progress ticks (hook calls) this rank makes in an epoch of `steps`."""
+        return steps
+
+    def serve_epoch(self, model, steps: int, hooks) -> None:
+        """On a serving rank: the epoch's work instead of training `steps` batches."""
+        raise NotImplementedError
+
+    def end_epoch(self, model) -> None:
+        """After every rank's last step of an epoch, before validation."""
+
     def apply_gradients(self, model, local_samples: int, global_samples: int) -> None:
-        """`model.params.grad` holds this rank's share of the global batch's mean gradient
-        (its local mean times local_samples / global_samples; zeros when it had none):
-        apply the step for the whole global batch."""
+        """`model.params.grad` holds this rank's mean gradient times gradient_scale (by
+        default its share of the global batch; zeros when it had no samples): apply the
+        step for the whole global batch."""
         raise NotImplementedError
 
     def reduce(self, values):
@@ -41,7 +62,11 @@ class Strategy:
         return sums(self.comm, values)
 
     def finish(self, model) -> None:
-        """After the last step (the parameter server hands its model to everyone here)."""
+        """After the last epoch."""
+
+    def report(self) -> dict:
+        """Figures for the metrics log at the end of training (on rank 0)."""
+        return {}
 
 
 class LocalStrategy(Strategy):

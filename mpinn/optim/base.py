@@ -78,12 +78,13 @@ class Optimizer:
         for transform in self.transforms:
             transform.init(params)
 
-    def apply(self, params) -> None:
-        """One step; consumes `params.grad` as the update buffer."""
+    def apply(self, params, lr_scale: float = 1.0) -> None:
+        """One step; consumes `params.grad` as the update buffer. `lr_scale` multiplies
+        this step's learning rate (the parameter server's staleness-aware rate)."""
         updates = params.grad
         for transform in self.transforms:
             transform.update(updates, params.data, self.iterations)
-        updates *= -self.learning_rate(self.iterations)
+        updates *= -self.learning_rate(self.iterations) * lr_scale
         params.data += updates
         self.iterations += 1
 

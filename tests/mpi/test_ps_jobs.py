@@ -1,0 +1,71 @@
+"""`mpinn train` with rank 0 as parameter server (strategy "ps") on 3 and 4 ranks."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mpinn.checkpoint import load_parameters
+
+from .test_allreduce_jobs import SMALL_JOB
+
+
+def records(directory):
+    return [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("ranks", [3, 4])
+def test_sync_mode_equals_allreduce_over_the_workers(tmp_path, launch, ranks):
+    finals = {}
+    for strategy in ("allreduce", "ps"):
+        directory = tmp_path / strategy
+        job = tmp_path / f"{strategy}.toml"
+        job.write_text(SMALL_JOB.format(directory=directory))
+        # allreduce over the same number of trainers as ps has workers
+        world = ranks - 1 if strategy == "allreduce" else ranks
+        run = launch(world, "train", str(job), "--quiet", "--set", f"strategy.name='{strategy}'",
+                     *(["--set", "strategy.mode='sync'"] if strategy == "ps" else []))
+        assert run.returncode == 0, run.stderr
+        finals[strategy] = load_parameters(directory / "final.h5")
+    for name, value in finals["allreduce"].items():
+        np.testing.assert_allclose(finals["ps"][name], value, rtol=1e-9, atol=1e-12,
+                                   err_msg=name)
+    report = records(tmp_path / "ps")[-1]
+    assert report["mode"] == "sync" and report["staleness_histogram"] == {
+        "0": report["updates_applied"] * (ranks - 1)}
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("staleness", [0, 2, None], ids=["s0", "s2", "unbounded"])
+def test_async_reaches_095_and_the_server_record_keeps_the_bound(tmp_path, launch, staleness):
+    bound = [] if staleness is None else ["--set", f"strategy.staleness={staleness}"]
+    run = launch(3, "train", "--quiet", "--set", "strategy.name='ps'",
+                 "--set", "strategy.mode='async'", *bound)
+    assert run.returncode == 0, run.stderr
+    *epochs, report = records(tmp_path / "runs/digits")
+    assert len(epochs) == 30 and epochs[-1]["val_accuracy"] >= 0.95
+    assert report["staleness_bound"] == staleness
+    steps = 45  # ceil(1437 / 32) global batches per epoch, one push per worker each
+    assert report["updates_by_worker"] == {"1": 30 * steps, "2": 30 * steps}
+    assert sum(report["staleness_histogram"].values()) == 2 * 30 * steps
+    if staleness is not None:
+        assert report["largest_lead"] <= staleness
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("failing_rank", [2, 0], ids=["worker", "server"])
+def test_an_exception_on_a_worker_or_the_server_ends_the_job(launch, failing_rank):
+    run = launch(3, "train", "--quiet", "--set", "strategy.name='ps'",
+                 "--set", "training.epochs=1000", env={"MPINN_FAIL_AT": f"{failing_rank}:30"},
+                 timeout=45)
+    assert run.returncode != 0
+    assert run.seconds < 15
+    assert f"[rank {failing_rank}/3" in run.stderr and "injected failure" in run.stderr
+
+
+@pytest.mark.timeout(60)
+def test_ps_on_one_rank_is_a_clear_error(launch):
+    run = launch(None, "train", "--set", "strategy.name='ps'")
+    assert run.returncode == 2
+    assert "strategy 'ps' needs at least 2 ranks" in run.stderr
