@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import optim, plugins
+from . import checkpoint, optim, plugins
 from .callbacks import MetricsLog, ProgressLogger
-from .checkpoint import save_parameters
 from .config import Job, load_job
 from .data import train_test_split
 from .dist.comm import Comm, world
@@ -242,8 +241,10 @@ def run_job(path, overrides=(), quiet: bool = False) -> int:
             comm.abort(1)
         return 1
     if comm.rank == 0:
-        save_parameters(prepared.run_directory / "final.h5", prepared.model,
-                        config=prepared.job.text, world_size=comm.size)
+        checkpoint.save(prepared.run_directory / "final.h5", prepared.model,
+                        epoch=len(history.epoch), history=history.history,
+                        config=prepared.job.text, world_size=comm.size,
+                        strategy=prepared.strategy.name)
         report = prepared.strategy.report()
         if report:
             log = prepared.run_directory / prepared.job["logging.metrics_log"]

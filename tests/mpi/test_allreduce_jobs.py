@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from mpinn.checkpoint import load_parameters
+from mpinn import checkpoint
 
 SMALL_JOB = """
 [run]
@@ -47,7 +47,7 @@ def test_same_parameters_on_1_2_3_and_4_ranks(tmp_path, launch):
         job.write_text(SMALL_JOB.format(directory=directory))
         run = launch(ranks, "train", str(job), "--quiet")
         assert run.returncode == 0, run.stderr
-        results[ranks or 1] = load_parameters(directory / "final.h5")
+        results[ranks or 1] = checkpoint.read(directory / "final.h5").params
     reference = results[1]
     for ranks in (2, 3, 4):
         assert results[ranks].keys() == reference.keys()

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from mpinn.checkpoint import load_parameters
+from mpinn import checkpoint
 
 from .test_allreduce_jobs import SMALL_JOB
 
@@ -27,7 +27,7 @@ def test_sync_mode_equals_allreduce_over_the_workers(tmp_path, launch, ranks):
         run = launch(world, "train", str(job), "--quiet", "--set", f"strategy.name='{strategy}'",
                      *(["--set", "strategy.mode='sync'"] if strategy == "ps" else []))
         assert run.returncode == 0, run.stderr
-        finals[strategy] = load_parameters(directory / "final.h5")
+        finals[strategy] = checkpoint.read(directory / "final.h5").params
     for name, value in finals["allreduce"].items():
         np.testing.assert_allclose(finals["ps"][name], value, rtol=1e-9, atol=1e-12,
                                    err_msg=name)
