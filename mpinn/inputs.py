@@ -28,7 +28,7 @@ def features(x, input_dim: "int | None", name: str = "x", where: str = "the firs
         )
     if len(x) == 0:
         raise DataError(f"{name} holds no samples")
-    if not np.isfinite(x).all():
+    if not _all_finite(x):
         row = int(np.argwhere(~np.isfinite(x))[0][0])
         raise DataError(f"{name} holds NaN or Inf (first in sample {row})")
     return x
@@ -45,7 +45,7 @@ def targets(y, loss, units: int, output_layer: str, samples: int, name: str = "y
         )
     if y.dtype == object or not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
         raise DataError(f"{name} must hold numbers, got an array of dtype {y.dtype}")
-    if not np.isfinite(y).all():
+    if not _all_finite(y):
         raise DataError(f"{name} holds NaN or Inf")
     if loss.sparse:
         return _class_indices(y, units, output_layer, name)
@@ -66,6 +66,11 @@ def targets(y, loss, units: int, output_layer: str, samples: int, name: str = "y
         bad = y.min() if y.min() < 0 else y.max()
         raise DataError(f"{name} holds {bad} but {loss.name} needs targets in [0, 1]")
     return y
+
+
+def _all_finite(array) -> bool:
+    """One pass, no temporary: a NaN or Inf anywhere makes the (float64) sum non-finite."""
+    return bool(np.isfinite(np.sum(array, dtype=np.float64))) or bool(np.isfinite(array).all())
 
 
 def _class_indices(y, units, output_layer, name):

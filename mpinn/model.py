@@ -283,13 +283,16 @@ class Sequential:
             hooks.append(callbacks_module.ProgressLogger(mode, epochs, len(x), batch_size))
         for hook in hooks:
             hook.set_model(self)
+        # only hooks that look at batches get the running figures (a dict per step)
+        batch_hooks = [hook for hook in hooks if type(hook).on_train_batch_end
+                       is not callbacks_module.Callback.on_train_batch_end]
         self.stop_training = False
         for hook in hooks:
             hook.on_train_begin()
         for epoch in range(initial_epoch, epochs):
             for hook in hooks:
                 hook.on_epoch_begin(epoch)
-            logs = self._train_epoch(x, y, batch_size, shuffle, epoch, hooks, strategy)
+            logs = self._train_epoch(x, y, batch_size, shuffle, epoch, batch_hooks, strategy)
             if validation_data is not None:
                 val = self._evaluate_checked(*validation, batch_size, strategy)
                 logs.update({f"val_{key}": value for key, value in val.items()})
@@ -307,17 +310,18 @@ class Sequential:
         seed = np.random.SeedSequence(self.seed, spawn_key=(SHUFFLE_STREAM, epoch))
         return np.random.default_rng(seed).permutation(samples)
 
-    def _train_epoch(self, x, y, batch_size, shuffle, epoch, hooks, strategy) -> dict:
+    def _train_epoch(self, x, y, batch_size, shuffle, epoch, batch_hooks, strategy) -> dict:
         samples = len(x)
         sums = _Sums(self.metrics)
         if strategy.serves:
-            strategy.serve_epoch(self, -(-samples // batch_size), hooks)
+            strategy.serve_epoch(self, -(-samples // batch_size), batch_hooks)
         else:
-            self._train_steps(x, y, batch_size, shuffle, epoch, hooks, strategy, sums)
+            self._train_steps(x, y, batch_size, shuffle, epoch, batch_hooks, strategy, sums)
         strategy.end_epoch(self)
         return sums.reduced(strategy)
 
-    def _train_steps(self, x, y, batch_size, shuffle, epoch, hooks, strategy, sums) -> None:
+    def _train_steps(self, x, y, batch_size, shuffle, epoch, batch_hooks, strategy,
+                     sums) -> None:
         samples = len(x)
         order = self.backend.asarray(self.epoch_order(samples, epoch)) if shuffle else None
         for step, start in enumerate(range(0, samples, batch_size)):
@@ -340,8 +344,10 @@ class Sequential:
             else:
                 self.params.grad[...] = 0
             strategy.apply_gradients(self, high - low, stop - start)
-            for hook in hooks:
-                hook.on_train_batch_end(step, sums.means())
+            if batch_hooks:
+                logs = sums.means()
+                for hook in batch_hooks:
+                    hook.on_train_batch_end(step, logs)
 
     def _evaluate_checked(self, x, y, batch_size, strategy=None) -> dict:
         """Loss and metrics over (x, y); with a strategy, each rank takes its shard."""

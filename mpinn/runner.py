@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint, optim, plugins
-from .callbacks import MetricsLog, ProgressLogger
+from .callbacks import Callback, MetricsLog, ProgressLogger
 from .config import Job, load_job
 from .data import train_test_split
 from .dist.comm import Comm, world
@@ -182,7 +182,7 @@ def train(prepared: Prepared, progress: str = "auto"):
                      shuffle=job["training.shuffle"], strategy=strategy)
 
 
-class InjectedFailure:
+class InjectedFailure(Callback):
     """Raises on one rank at one step, for the tests of failure handling."""
 
     def __init__(self, rank: int, spec: str):
@@ -190,12 +190,6 @@ class InjectedFailure:
         self.armed = int(fail_rank) == rank
         self.step = int(fail_step or 0)
         self.seen = 0
-
-    def set_model(self, model):
-        pass
-
-    def __getattr__(self, hook):
-        return lambda *args, **kwargs: None
 
     def on_train_batch_end(self, batch, logs=None):
         if self.armed and self.seen == self.step:

@@ -3,7 +3,7 @@
 import numpy as np
 
 from ..errors import positive_number
-from .base import Optimizer, Transform
+from .base import Optimizer, Transform, materialized
 
 
 class ScaleByAdagrad(Transform):
@@ -18,13 +18,15 @@ class ScaleByAdagrad(Transform):
         self.accumulator += self.initial_accumulator_value
         self._scratch = params.backend.xp.empty_like(params.data)
 
-    def update(self, updates, params, step):
+    def update(self, updates, params, step, scale):
+        materialized(updates, scale)
         s = self._scratch
         np.multiply(updates, updates, out=s)
         self.accumulator += s
         np.sqrt(self.accumulator, out=s)
         s += self.epsilon
         updates /= s
+        return 1.0
 
 
 class Adagrad(Optimizer):

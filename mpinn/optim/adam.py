@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from ..errors import fraction, positive_number
-from .base import Optimizer, Transform
+from .base import Optimizer, Transform, materialized
 
 
 class ScaleByAdam(Transform):
@@ -24,7 +24,8 @@ class ScaleByAdam(Transform):
         super().init(params)
         self._scratch = params.backend.xp.empty_like(params.data)
 
-    def update(self, updates, params, step):
+    def update(self, updates, params, step, scale):
+        materialized(updates, scale)
         b1, b2, s = self.beta_1, self.beta_2, self._scratch
         t = step + 1
         self.m *= b1
@@ -38,7 +39,7 @@ class ScaleByAdam(Transform):
         np.sqrt(self.v, out=s)
         s += self.epsilon * correction_2
         np.divide(self.m, s, out=updates)
-        updates *= correction_2 / (1 - b1**t)
+        return correction_2 / (1 - b1**t)
 
 
 class Adam(Optimizer):

@@ -4,6 +4,11 @@ Each transform turns the update buffer (which starts as the gradient) into a new
 in place; the optimizer then applies `params -= learning_rate * update`. The familiar
 optimizers are chains: Adam is `[ScaleByAdam]`, AdamW `[ScaleByAdam, AddDecayedWeights]`,
 and `global_clipnorm` puts `ClipByGlobalNorm` first.
+
+A scalar factor need not cost a pass over the buffer: the true update is always
+`scale * updates`, where `scale` travels along the chain (each transform takes it and
+returns the new one) and is folded into the final learning-rate multiplication. So Adam's
+bias corrections and global-norm clipping add no passes of their own.
 """
 
 import numpy as np
@@ -23,12 +28,19 @@ class Transform:
         for slot in self.slots:
             setattr(self, slot, params.backend.xp.zeros_like(params.data))
 
-    def update(self, updates, params, step: int) -> None:
-        """Rewrite `updates` in place; `step` counts applied updates, from 0."""
+    def update(self, updates, params, step: int, scale: float) -> float:
+        """Turn the update `scale * updates` into a new one, in place, and return the new
+        scale; `step` counts applied updates, from 0."""
         raise NotImplementedError
 
     def state(self) -> dict:
         return {f"{self.name}/{slot}": getattr(self, slot) for slot in self.slots}
+
+
+def materialized(updates, scale: float) -> None:
+    """Multiply a pending scale into the buffer, for transforms that are not linear."""
+    if scale != 1.0:
+        updates *= scale
 
 
 class AddDecayedWeights(Transform):
@@ -39,8 +51,13 @@ class AddDecayedWeights(Transform):
     def __init__(self, weight_decay: float):
         self.weight_decay = weight_decay
 
-    def update(self, updates, params, step):
-        updates += self.weight_decay * params
+    def init(self, params):
+        self._scratch = params.backend.xp.empty_like(params.data)
+
+    def update(self, updates, params, step, scale):
+        np.multiply(params, self.weight_decay / scale, out=self._scratch)
+        updates += self._scratch
+        return scale
 
 
 class ClipByGlobalNorm(Transform):
@@ -51,10 +68,9 @@ class ClipByGlobalNorm(Transform):
     def __init__(self, max_norm: float):
         self.max_norm = max_norm
 
-    def update(self, updates, params, step):
-        norm = float(np.sqrt(np.vdot(updates, updates)))
-        if norm > self.max_norm:
-            updates *= self.max_norm / norm
+    def update(self, updates, params, step, scale):
+        norm = abs(scale) * float(np.sqrt(np.vdot(updates, updates)))
+        return scale * self.max_norm / norm if norm > self.max_norm else scale
 
 
 class Optimizer:
@@ -81,10 +97,10 @@ class Optimizer:
     def apply(self, params, lr_scale: float = 1.0) -> None:
         """One step; consumes `params.grad` as the update buffer. `lr_scale` multiplies
         this step's learning rate (the parameter server's staleness-aware rate)."""
-        updates = params.grad
+        updates, scale = params.grad, 1.0
         for transform in self.transforms:
-            transform.update(updates, params.data, self.iterations)
-        updates *= -self.learning_rate(self.iterations) * lr_scale
+            scale = transform.update(updates, params.data, self.iterations, scale)
+        updates *= -self.learning_rate(self.iterations) * lr_scale * scale
         params.data += updates
         self.iterations += 1
 

@@ -4,7 +4,7 @@ v = rho * v + (1 - rho) * g^2; update = g / (sqrt(v) + eps); optional momentum o
 import numpy as np
 
 from ..errors import fraction, positive_number
-from .base import Optimizer, Transform
+from .base import Optimizer, Transform, materialized
 from .sgd import Momentum
 
 
@@ -19,7 +19,8 @@ class ScaleByRms(Transform):
         super().init(params)
         self._scratch = params.backend.xp.empty_like(params.data)
 
-    def update(self, updates, params, step):
+    def update(self, updates, params, step, scale):
+        materialized(updates, scale)
         s = self._scratch
         self.v *= self.rho
         np.multiply(updates, updates, out=s)
@@ -28,6 +29,7 @@ class ScaleByRms(Transform):
         np.sqrt(self.v, out=s)
         s += self.epsilon
         updates /= s
+        return 1.0
 
 
 class RMSprop(Optimizer):

@@ -4,7 +4,7 @@ trace = momentum * trace + g; update = trace, or g + momentum * trace with Neste
 import numpy as np
 
 from ..errors import ConfigError, fraction
-from .base import Optimizer, Transform
+from .base import Optimizer, Transform, materialized
 
 
 class Momentum(Transform):
@@ -15,13 +15,15 @@ class Momentum(Transform):
         self.momentum = momentum
         self.nesterov = nesterov
 
-    def update(self, updates, params, step):
+    def update(self, updates, params, step, scale):
+        materialized(updates, scale)
         self.trace *= self.momentum
         self.trace += updates
         if self.nesterov:
             updates += self.momentum * self.trace
         else:
             np.copyto(updates, self.trace)
+        return 1.0
 
 
 class SGD(Optimizer):
