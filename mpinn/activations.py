@@ -16,6 +16,7 @@ from .errors import choose
 
 class Activation:
     name: str
+    output_only = False  # backward needs only the output, so forward may work in place
 
     def forward(self, z, out):
         raise NotImplementedError
@@ -33,6 +34,7 @@ class Activation:
 
 class Linear(Activation):
     name = "linear"
+    output_only = True
 
     def forward(self, z, out):
         out[...] = z
@@ -46,6 +48,7 @@ class Linear(Activation):
 
 class ReLU(Activation):
     name = "relu"
+    output_only = True
 
     def forward(self, z, out):
         return np.maximum(z, 0, out=out)
@@ -103,6 +106,7 @@ class GELU(Activation):
 
 class Sigmoid(Activation):
     name = "sigmoid"
+    output_only = True
 
     def forward(self, z, out):
         # exp of a non-positive argument only, so nothing overflows
@@ -116,6 +120,7 @@ class Sigmoid(Activation):
 
 class Tanh(Activation):
     name = "tanh"
+    output_only = True
 
     def forward(self, z, out):
         return np.tanh(z, out=out)
@@ -128,6 +133,7 @@ class Softmax(Activation):
     """Softmax over the last axis."""
 
     name = "softmax"
+    output_only = True
 
     def forward(self, z, out):
         np.subtract(z, z.max(axis=-1, keepdims=True), out=out)

@@ -288,9 +288,10 @@ def pre_activation_margin(model, x):
     """Smallest |z| over the Dense pre-activations (relu-like kinks sit at z = 0)."""
     margin = np.inf
     for layer in model.layers:
-        x = layer.forward(x, False)
         if isinstance(layer, mpinn.Dense):
-            margin = min(margin, float(np.abs(layer.logits).min()))
+            z = x @ layer.values["kernel"] + layer.values.get("bias", 0)
+            margin = min(margin, float(np.abs(z).min()))
+        x = layer.forward(x, False)
     return margin
 
 

@@ -32,6 +32,7 @@ class Dense(Layer):
         self.bias_regularizer = regularizers.get(bias_regularizer)
         if not self.use_bias:
             self.weight_order = ("kernel",)
+        self.keep_logits = False  # the model sets it when its loss reads the logits
 
     def build(self, input_dim, backend, dtype):
         super().build(input_dim, backend, dtype)
@@ -47,6 +48,18 @@ class Dense(Layer):
             found["bias"] = self.bias_initializer
         return found
 
+    def get_config(self):
+        config = {**super().get_config(), "units": self.units,
+                  "activation": self.activation.name, "use_bias": self.use_bias}
+        for key in ("kernel_initializer", "bias_initializer"):
+            name = getattr(self, key).__name__
+            if name in initializers.INITIALIZERS:  # a custom callable cannot be written down
+                config[key] = name
+        for key in ("kernel_regularizer", "bias_regularizer"):
+            if getattr(self, key) is not None:
+                config[key] = getattr(self, key).get_config()
+        return config
+
     def regularizers(self):
         pairs = {"kernel": self.kernel_regularizer}
         if self.use_bias:
@@ -59,9 +72,11 @@ class Dense(Layer):
         np.matmul(x, self.values["kernel"], out=z)
         if self.use_bias:
             z += self.values["bias"]
-        self._x, self.logits = x, z
+        self._x, self.logits = x, z  # z: overwritten by y when the activation is in place
         if isinstance(self.activation, activations.Linear):
             self._y = z
+        elif self.activation.output_only and not self.keep_logits:
+            self._y = self.activation.forward(z, z)  # in place: backward needs only y
         else:
             self._y = self.activation.forward(z, self.workspace.get("y", n, self.units))
         return self._y
@@ -70,8 +85,10 @@ class Dense(Layer):
         """dy is dL/d(output), or dL/d(logits) when `from_logits`; it may be overwritten."""
         dz = dy if from_logits else self.activation.backward(dy, self.logits, self._y, out=dy)
         np.matmul(self._x.T, dz, out=self.grads["kernel"])
-        if self.use_bias:
-            dz.sum(axis=0, out=self.grads["bias"])
+        if self.use_bias:  # column sums as a matrix-vector product: BLAS, threaded
+            ones = self.workspace.get("ones", dz.shape[0], 1)[:, 0]
+            ones.fill(1)
+            np.matmul(ones, dz, out=self.grads["bias"])
         if not input_grad:
             return None
         dx = self.workspace.get("dx", dz.shape[0], self.input_dim)
