@@ -9,6 +9,7 @@ from .errors import ConfigError, DataError, MpinnError, PluginError
 from .layers import Activation, Dense, Dropout, Layer
 from .model import Sequential
 from .optim import SGD, Adagrad, Adam, AdamW, RMSprop, schedules
+from .saving import load_model
 
 __all__ = [
     "SGD",
@@ -35,6 +36,7 @@ __all__ = [
     "data",
     "get_backend",
     "initializers",
+    "load_model",
     "losses",
     "metrics",
     "optim",

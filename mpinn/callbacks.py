@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import checkpoint
 from .errors import ConfigError, choose
 
 
@@ -159,3 +160,44 @@ class MetricsLog(_EpochClock):
                   "samples_per_second": round(self.samples_per_second(), 1), **self.fields}
         with self.path.open("a") as file:
             file.write(json.dumps(record) + "\n")
+
+
+class ModelCheckpoint(Callback):
+    """Writes a checkpoint every `every_epochs` epochs and/or `every_steps` optimizer
+    steps, and at the end of training; keeps the newest `keep` (rank 0 only)."""
+
+    def __init__(self, directory, every_epochs: int = 1, every_steps: int = 0,
+                 keep: int = 3, steps_per_epoch: int = 0, **attrs):
+        self.directory = Path(directory)
+        self.every_epochs, self.every_steps, self.keep = every_epochs, every_steps, keep
+        self.steps_per_epoch, self.attrs = steps_per_epoch, attrs
+        self.written = None  # optimizer step of the last checkpoint
+
+    def on_train_begin(self, logs=None):
+        self.directory.mkdir(parents=True, exist_ok=True)
+        checkpoint.prune(self.directory, self.keep)  # stray temporary files of a crash
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        iterations = self.model.optimizer.iterations
+        last_of_epoch = batch + 1 >= self.steps_per_epoch
+        if self.every_steps and iterations % self.every_steps == 0 and not last_of_epoch:
+            self.write(self.epoch, batch + 1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.every_epochs and (epoch + 1) % self.every_epochs == 0:
+            self.write(epoch + 1, 0)
+
+    def on_train_end(self, logs=None):
+        if self.written != self.model.optimizer.iterations:
+            self.write(self.epoch + 1, 0)
+
+    def write(self, epoch: int, step: int) -> None:
+        iterations = self.model.optimizer.iterations
+        checkpoint.save(checkpoint.checkpoint_path(self.directory, iterations), self.model,
+                        epoch=epoch, step=step, history=self.model.history.history,
+                        **self.attrs)
+        self.written = iterations
+        checkpoint.prune(self.directory, self.keep)

@@ -7,8 +7,7 @@ Layout (readable with plain h5py or h5dump):
                                      config (the job as TOML text, may be empty)
     /params/<layer>/<name>    parameters, one float dataset each
     /optimizer/<slot>/<layer>/<name>   optimizer state (e.g. adam/m), laid out like params
-    /data                     attrs: epoch, step (steps done in that epoch), seed;
-                              dataset partial_sums (samples, loss and metric sums so far)
+    /data                     attrs: epoch, step (global batches done in that epoch), seed
     /rng                      attrs: one JSON text per Dropout layer (generator state)
     /history/<metric>         per-epoch values
 
@@ -45,14 +44,13 @@ class Checkpoint:
     params: dict[str, np.ndarray]
     optimizer: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     data: dict = field(default_factory=dict)
-    partial_sums: np.ndarray = field(default_factory=lambda: np.zeros(0))
     rng: dict[str, str] = field(default_factory=dict)
     history: dict[str, list[float]] = field(default_factory=dict)
 
 
 # -------------------------------------------------------------------------- writing
-def save(path, model, *, epoch: int = 0, step: int = 0, partial_sums=(), history=None,
-         config: str = "", world_size: int = 1, strategy: str = "local") -> Path:
+def save(path, model, *, epoch: int = 0, step: int = 0, history=None, config: str = "",
+         world_size: int = 1, strategy: str = "local") -> Path:
     """Write `model` (parameters, optimizer state, RNG states) and the run's position."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -73,8 +71,6 @@ def save(path, model, *, epoch: int = 0, step: int = 0, partial_sums=(), history
                                    model.params.views(flat), to_host)
             data = file.create_group("data")
             data.attrs.update({"epoch": epoch, "step": step, "seed": model.seed})
-            data.create_dataset("partial_sums", data=np.asarray(partial_sums, np.float64),
-                                fletcher32=True)
             rng = file.create_group("rng")
             for layer in model.layers:
                 if getattr(layer, "rng", None) is not None:
@@ -135,8 +131,6 @@ def read(path) -> Checkpoint:
                             checkpoint.optimizer[f"{transform}/{slot}"] = _read_tensors(tensors)
             if "data" in file:
                 checkpoint.data = {k: _plain(v) for k, v in file["data"].attrs.items()}
-                if "partial_sums" in file["data"]:
-                    checkpoint.partial_sums = file["data/partial_sums"][()]
             if "rng" in file:
                 checkpoint.rng = {k: str(v) for k, v in file["rng"].attrs.items()}
             if "history" in file:

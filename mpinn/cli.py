@@ -1,5 +1,6 @@
 """The `mpinn` command: thin click commands over the runner."""
 
+import functools
 import os
 import platform
 import sys
@@ -27,7 +28,10 @@ def cli():
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
               help="Override a job-file value, e.g. --set training.epochs=5 (repeatable).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-def train(job, overrides, quiet):
+@click.option("--resume", metavar="CHECKPOINT|auto",
+              help="Continue from a checkpoint file, or from the newest valid one in the "
+                   "run's checkpoint directory with 'auto' (none found: start afresh).")
+def train(job, overrides, quiet, resume):
     """Train the job in JOB (a TOML file), or the default job when none is given.
 
     Run it under mpirun/srun for data-parallel training; without, it trains in one
@@ -35,7 +39,7 @@ def train(job, overrides, quiet):
     """
     from .runner import run_job
 
-    sys.exit(run_job(job, overrides, quiet))
+    sys.exit(run_job(job, overrides, quiet, resume))
 
 
 @cli.command("plugins")
@@ -77,6 +81,94 @@ def info():
     click.echo(f"strategies: {', '.join(sorted(plugins.available(plugins.STRATEGIES)))}")
     for line in blas_lines():
         click.echo(line)
+
+
+def bad_input_exits_2(command):
+    """Run `command`; an MpinnError becomes one line on stderr and exit code 2."""
+
+    @functools.wraps(command)
+    def guarded(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except MpinnError as exc:
+            click.echo(f"mpinn: error: {exc}", err=True)
+            sys.exit(2)
+
+    return guarded
+
+
+@cli.command()
+@click.argument("checkpoint_file", metavar="CHECKPOINT")
+@bad_input_exits_2
+def inspect(checkpoint_file):
+    """Show a checkpoint: format, position, parameters, metrics and the stored job."""
+    from . import checkpoint
+
+    found = checkpoint.read(checkpoint_file)
+    attrs = found.attrs
+    click.echo(f"{found.path}: {attrs['format']} v{attrs['format_version']} "
+               f"(mpinn {attrs.get('mpinn_version', '?')})")
+    click.echo(f"position: epoch {found.data.get('epoch')}, step {found.data.get('step')} of "
+               f"that epoch, {attrs['iterations']} optimizer steps")
+    click.echo(f"written by: {attrs.get('world_size')} rank(s), strategy "
+               f"{attrs.get('strategy')}, backend {attrs.get('backend')}, {attrs['dtype']}")
+    total = sum(value.size for value in found.params.values())
+    click.echo(f"parameters ({total:,}):")
+    for name, value in sorted(found.params.items()):
+        click.echo(f"  {name:<28} {value.shape}")
+    click.echo(f"optimizer state: {', '.join(sorted(found.optimizer)) or 'none'}")
+    for metric, values in found.history.items():
+        click.echo(f"history {metric}: {len(values)} epochs, last {values[-1]:.4f}")
+    if attrs.get("config"):
+        click.echo("job:")
+        for line in attrs["config"].rstrip().splitlines():
+            click.echo(f"  {line}")
+
+
+@cli.command()
+@click.argument("checkpoint_file", metavar="CHECKPOINT")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+              help="Override the stored job's data settings, e.g. --set data.path=x.npz")
+@bad_input_exits_2
+def evaluate(checkpoint_file, overrides):
+    """Evaluate a checkpoint on its job's validation hold-out (or all of its data)."""
+    from . import checkpoint
+    from .config import parse_job
+    from .runner import load_data
+    from .saving import load_model
+
+    model = load_model(checkpoint_file)
+    job = parse_job(checkpoint.read(checkpoint_file).attrs["config"],
+                    f"{checkpoint_file} (stored job)", overrides)
+    if model.loss is None:
+        raise MpinnError(f"{checkpoint_file}: the stored model has no loss to evaluate")
+    train, validation = load_data(job)
+    x, y = validation if validation is not None else train
+    which = "validation hold-out" if validation is not None else "whole data set"
+    logs = model.evaluate(x, y, batch_size=256, return_dict=True)
+    click.echo(f"{which} ({len(x)} samples): " + " - ".join(
+        f"{key}: {value:.4f}" for key, value in logs.items()))
+
+
+@cli.command()
+@click.argument("checkpoint_file", metavar="CHECKPOINT")
+@click.argument("inputs", metavar="INPUT.npy")
+@click.option("-o", "--output", required=True, metavar="OUT.npy", help="Where to write.")
+@bad_input_exits_2
+def predict(checkpoint_file, inputs, output):
+    """Write a checkpoint's outputs for the samples in INPUT.npy to OUT.npy."""
+    import numpy as np
+
+    from .saving import load_model
+
+    model = load_model(checkpoint_file)
+    try:
+        x = np.load(inputs, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise MpinnError(f"{inputs}: not a readable .npy array ({exc})") from exc
+    predictions = model.predict(x, batch_size=1024)
+    np.save(output, predictions)
+    click.echo(f"wrote {output}: {predictions.shape} {predictions.dtype}")
 
 
 def blas_lines() -> list[str]:

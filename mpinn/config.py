@@ -35,7 +35,7 @@ SCHEMA = {
     "training": {
         "epochs": (int, 10),
         "batch_size": (int, 32),
-        "loss": (str, REQUIRED),
+        "loss": (str, ""),  # required to train; a stored model may have none
         "metrics": (list, []),
         "shuffle": (bool, True),
     },
@@ -47,6 +47,12 @@ SCHEMA = {
         "learning_rate": (float, 0.001),
         "schedule": (dict, {}),
     },
+    "checkpoint": {
+        "directory": (str, ""),
+        "every_epochs": (int, 1),
+        "every_steps": (int, 0),
+        "keep": (int, 3),
+    },
     "logging": {
         "progress": (str, "auto", {"auto", "bar", "lines", "none"}),
         "metrics_log": (str, "metrics.jsonl"),
@@ -55,7 +61,9 @@ SCHEMA = {
 # Other keys in these sections are arguments of the dataset, optimizer or strategy they name;
 # the runner checks them against its signature.
 OPEN_SECTIONS = {"data", "optimizer", "strategy"}
-POSITIVE = {"training.epochs", "training.batch_size", "optimizer.learning_rate"}
+POSITIVE = {"training.epochs", "training.batch_size", "optimizer.learning_rate",
+            "checkpoint.keep"}
+NOT_NEGATIVE = {"checkpoint.every_epochs", "checkpoint.every_steps"}
 TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
               list: "an array", dict: "a table"}
 
@@ -141,6 +149,8 @@ def _checked(source, path, value, spec):
                           f"{', '.join(sorted(allowed[0]))}")
     if path in POSITIVE and value <= 0:
         raise ConfigError(f"{source}: {path} must be > 0, got {value!r}")
+    if path in NOT_NEGATIVE and value < 0:
+        raise ConfigError(f"{source}: {path} must be >= 0, got {value!r}")
     if path == "data.validation_split" and not 0 <= value < 1:
         raise ConfigError(f"{source}: {path} must be in [0, 1), got {value!r}")
     return value

@@ -185,6 +185,8 @@ class Sequential:
         # cross-entropy after its own activation: work from the logits (exact, stable)
         self._fused = (not self.loss.from_logits
                        and self.loss.fused_activation == activation_name)
+        if hasattr(last, "keep_logits"):
+            last.keep_logits = self._fused
         self.optimizer.build(self.params)
 
     def _require_compiled(self, caller: str) -> None:
@@ -249,11 +251,15 @@ class Sequential:
 
     def fit(self, x, y, batch_size: int = 32, epochs: int = 1, verbose="auto",
             callbacks=None, validation_split: float = 0.0, validation_data=None,
-            shuffle: bool = True, initial_epoch: int = 0, strategy=None):
+            shuffle: bool = True, initial_epoch: int = 0, initial_step: int = 0,
+            strategy=None):
         """Train for `epochs` passes over (x, y); returns a History of per-epoch logs.
 
         With a `strategy` (the CLI's runner gives one), every process calls fit with the
-        same data and trains its shard of each global batch of `batch_size` samples."""
+        same data and trains its shard of each global batch of `batch_size` samples.
+        `initial_epoch` and `initial_step` continue a run (a resumed checkpoint): the
+        first epoch skips the global batches already trained. A History among the
+        callbacks (e.g. one holding the earlier epochs) is used instead of a new one."""
         self._require_compiled("fit")
         strategy = strategy or LocalStrategy()
         batch_size = positive_int("fit", "batch_size", batch_size)
@@ -276,8 +282,9 @@ class Sequential:
             validation = self._checked(*validation_data, "x_val", "y_val")
 
         strategy.setup(self)
-        self.history = callbacks_module.History()
-        hooks = [self.history, *(callbacks or [])]
+        given = [hook for hook in callbacks or [] if isinstance(hook, callbacks_module.History)]
+        self.history = given[0] if given else callbacks_module.History()
+        hooks = [*([] if given else [self.history]), *(callbacks or [])]
         if verbose:
             mode = "auto" if verbose == 1 else "lines"
             hooks.append(callbacks_module.ProgressLogger(mode, epochs, len(x), batch_size))
@@ -292,7 +299,9 @@ class Sequential:
         for epoch in range(initial_epoch, epochs):
             for hook in hooks:
                 hook.on_epoch_begin(epoch)
-            logs = self._train_epoch(x, y, batch_size, shuffle, epoch, batch_hooks, strategy)
+            skip = initial_step if epoch == initial_epoch else 0
+            logs = self._train_epoch(x, y, batch_size, shuffle, epoch, batch_hooks, strategy,
+                                     skip)
             if validation_data is not None:
                 val = self._evaluate_checked(*validation, batch_size, strategy)
                 logs.update({f"val_{key}": value for key, value in val.items()})
@@ -310,21 +319,23 @@ class Sequential:
         seed = np.random.SeedSequence(self.seed, spawn_key=(SHUFFLE_STREAM, epoch))
         return np.random.default_rng(seed).permutation(samples)
 
-    def _train_epoch(self, x, y, batch_size, shuffle, epoch, batch_hooks, strategy) -> dict:
+    def _train_epoch(self, x, y, batch_size, shuffle, epoch, batch_hooks, strategy,
+                     skip: int) -> dict:
         samples = len(x)
         sums = _Sums(self.metrics)
         if strategy.serves:
             strategy.serve_epoch(self, -(-samples // batch_size), batch_hooks)
         else:
-            self._train_steps(x, y, batch_size, shuffle, epoch, batch_hooks, strategy, sums)
+            self._train_steps(x, y, batch_size, shuffle, epoch, batch_hooks, strategy, sums,
+                              skip)
         strategy.end_epoch(self)
         return sums.reduced(strategy)
 
     def _train_steps(self, x, y, batch_size, shuffle, epoch, batch_hooks, strategy,
-                     sums) -> None:
+                     sums, skip) -> None:
         samples = len(x)
         order = self.backend.asarray(self.epoch_order(samples, epoch)) if shuffle else None
-        for step, start in enumerate(range(0, samples, batch_size)):
+        for step, start in enumerate(range(skip * batch_size, samples, batch_size), skip):
             stop = min(start + batch_size, samples)
             low, high = strategy.train_shard(stop - start)
             low, high = start + low, start + high
@@ -382,6 +393,17 @@ class Sequential:
         outputs = [self.backend.to_numpy(self._forward(x[start:start + batch_size], False)).copy()
                    for start in range(0, len(x), batch_size)]
         return np.concatenate(outputs)
+
+    def save(self, path) -> None:
+        """Write the model (architecture, weights, optimizer state) to an HDF5 checkpoint;
+        `mpinn.load_model(path)` reads it back."""
+        from . import checkpoint
+        from .saving import model_job_text
+
+        self.build()
+        history = self.history.history if self.history is not None else {}
+        checkpoint.save(path, self, epoch=len(next(iter(history.values()), [])),
+                        history=history, config=model_job_text(self))
 
     def __call__(self, x) -> np.ndarray:
         return self.predict(x, batch_size=max(len(x), 1))

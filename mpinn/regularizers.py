@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .errors import choose, positive_number
+from .errors import ConfigError, choose, positive_number
 
 
 class Regularizer:
@@ -28,6 +28,9 @@ class Regularizer:
         if self.l2:
             grad += (scale * 2 * self.l2) * weights
 
+    def get_config(self) -> dict:
+        return {"l1": self.l1, "l2": self.l2}
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(l1={self.l1}, l2={self.l2})"
 
@@ -50,8 +53,13 @@ REGULARIZERS = {"l1": L1, "l2": L2, "l1_l2": L1L2}
 
 
 def get(regularizer) -> "Regularizer | None":
-    """A Regularizer from a name, an instance, or None."""
+    """A Regularizer from a name, a table such as {"l2": 1e-4}, an instance, or None."""
     if regularizer is None or isinstance(regularizer, Regularizer):
         return regularizer
+    if isinstance(regularizer, dict):
+        unknown = sorted(set(regularizer) - {"l1", "l2"})
+        if unknown:
+            raise ConfigError(f"regularizer: unknown key {unknown[0]}; allowed: l1, l2")
+        return L1L2(**regularizer)
     choose("regularizer", regularizer, REGULARIZERS)
     return REGULARIZERS[regularizer]()

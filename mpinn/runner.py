@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint, optim, plugins
-from .callbacks import Callback, MetricsLog, ProgressLogger
+from .callbacks import Callback, History, MetricsLog, ModelCheckpoint, ProgressLogger
 from .config import Job, load_job
 from .data import train_test_split
 from .dist.comm import Comm, world
@@ -44,6 +44,11 @@ class Prepared:
     train: tuple
     validation: "tuple | None"
     run_directory: Path
+    resumed: "checkpoint.Checkpoint | None" = None
+
+    @property
+    def checkpoint_directory(self) -> Path:
+        return Path(self.job["checkpoint.directory"] or self.run_directory)
 
 
 def _keyword_names(target) -> list[str]:
@@ -91,8 +96,9 @@ def build_model(job: Job) -> Sequential:
     model = _call_checked(f"{job.source}: [model]", Sequential, {
         "layers": layers, "seed": job["run.seed"], "dtype": job["model.dtype"],
         "backend": job["model.backend"]})
-    model.compile(optimizer=build_optimizer(job), loss=job["training.loss"],
-                  metrics=job["training.metrics"])
+    if job["training.loss"]:
+        model.compile(optimizer=build_optimizer(job), loss=job["training.loss"],
+                      metrics=job["training.metrics"])
     return model
 
 
@@ -148,8 +154,11 @@ def load_strategy(job: Job, comm: Comm):
                          job.extras("strategy"), fixed={"comm": comm})
 
 
-def prepare(job: Job, comm: Comm) -> Prepared:
-    """Build everything a run needs; no collective communication happens here."""
+def prepare(job: Job, comm: Comm, resume: "str | None" = None) -> Prepared:
+    """Build everything a run needs; no collective communication happens here.
+    `resume`: a checkpoint file, or "auto" for the newest valid one of the run (if any)."""
+    if not job["training.loss"]:
+        raise ConfigError(f"{job.source}: training.loss is required")
     train, validation = load_data(job)
     model = build_model(job)
     strategy = load_strategy(job, comm)
@@ -158,13 +167,29 @@ def prepare(job: Job, comm: Comm) -> Prepared:
         model._checked(*validation, "x_val", "y_val")
     del x, y
     directory = Path(job["run.directory"].format(name=job["run.name"]))
-    return Prepared(job, model, strategy, train, validation, directory)
+    prepared = Prepared(job, model, strategy, train, validation, directory)
+    if strategy.name == "ps" and job["checkpoint.every_steps"]:
+        raise ConfigError(f"{job.source}: checkpoint.every_steps needs strategy 'allreduce'; "
+                          "'ps' checkpoints at epoch ends (checkpoint.every_epochs)")
+    if resume == "auto":
+        prepared.resumed = checkpoint.latest_valid(prepared.checkpoint_directory)
+    elif resume:
+        prepared.resumed = checkpoint.read(resume)
+    if prepared.resumed is not None:
+        checkpoint.restore(model, prepared.resumed)
+    return prepared
 
 
 def train(prepared: Prepared, progress: str = "auto"):
     """Train the prepared run; only rank 0 prints and writes files. Returns the History."""
     job, model, strategy = prepared.job, prepared.model, prepared.strategy
-    hooks = []
+    history = History()
+    epoch = step = 0
+    if prepared.resumed is not None:
+        history.history = {k: list(v) for k, v in prepared.resumed.history.items()}
+        history.epoch = list(range(len(next(iter(history.history.values()), []))))
+        epoch, step = prepared.resumed.data["epoch"], prepared.resumed.data["step"]
+    hooks = [history]
     failure = os.environ.get(FAILURE_VARIABLE)
     if failure:
         hooks.append(InjectedFailure(strategy.rank, failure))
@@ -174,12 +199,17 @@ def train(prepared: Prepared, progress: str = "auto"):
         samples = len(prepared.train[0])
         hooks.append(MetricsLog(prepared.run_directory / job["logging.metrics_log"], samples,
                                 world_size=strategy.size))
+        steps = strategy.progress_steps(-(-samples // batch_size))
         if progress != "none":
-            steps = strategy.progress_steps(-(-samples // batch_size))
             hooks.append(ProgressLogger(progress, epochs, samples, batch_size, steps=steps))
+        hooks.append(ModelCheckpoint(
+            prepared.checkpoint_directory, job["checkpoint.every_epochs"],
+            job["checkpoint.every_steps"], job["checkpoint.keep"], steps_per_epoch=steps,
+            config=job.text, world_size=strategy.size, strategy=strategy.name))
     return model.fit(*prepared.train, batch_size=batch_size, epochs=epochs, verbose=0,
                      callbacks=hooks, validation_data=prepared.validation,
-                     shuffle=job["training.shuffle"], strategy=strategy)
+                     shuffle=job["training.shuffle"], initial_epoch=epoch, initial_step=step,
+                     strategy=strategy)
 
 
 class InjectedFailure(Callback):
@@ -204,7 +234,7 @@ def describe(model: Sequential) -> str:
     return f"{'-'.join(widths)} MLP, {model.count_params():,} parameters ({np.dtype(model.dtype)})"
 
 
-def run_job(path, overrides=(), quiet: bool = False) -> int:
+def run_job(path, overrides=(), quiet: bool = False, resume: "str | None" = None) -> int:
     """The whole of `mpinn train`, on every rank; returns the exit code.
 
     Bad input: every rank exits 2 with one line, decided before any training collective.
@@ -215,7 +245,7 @@ def run_job(path, overrides=(), quiet: bool = False) -> int:
     try:
         comm = world()
         job = load_job(path, overrides)
-        prepared = prepare(job, comm)
+        prepared = prepare(job, comm, resume)
     except MpinnError as exc:
         error = exc
     if comm is None:
@@ -225,6 +255,10 @@ def run_job(path, overrides=(), quiet: bool = False) -> int:
         reason = error or "another rank could not set up the job (see its message)"
         return _fail(f"{tag}mpinn: error: {reason}", code=2)
     progress = "none" if quiet else prepared.job["logging.progress"]
+    if comm.rank == 0 and not quiet and resume:
+        found = prepared.resumed
+        print(f"resuming {found.path} (epoch {found.data['epoch']}, step {found.data['step']})"
+              if found else "no checkpoint to resume: starting afresh")
     try:
         history = train(prepared, progress)
     except Exception:  # noqa: BLE001 - any failure must end every rank, not hang them

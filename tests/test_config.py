@@ -114,3 +114,9 @@ def test_schedule_and_warmup_from_the_job():
     schedule = build_optimizer(job).learning_rate
     assert schedule(0) == pytest.approx(0.001 / 5)
     assert schedule(5) == pytest.approx(0.001) and schedule(15) == pytest.approx(0.0005)
+
+
+def test_training_needs_a_loss():
+    job = parse_job("[model]\nlayers = [{ type = 'dense', units = 1 }]\n", "job.toml")
+    with pytest.raises(ConfigError, match="job.toml: training.loss is required"):
+        prepare(job, LocalComm())

@@ -11,6 +11,9 @@ class Activation(Layer):
         super().__init__(**kwargs)
         self.activation = activations.get(activation)
 
+    def get_config(self):
+        return {**super().get_config(), "activation": self.activation.name}
+
     def forward(self, x, training):
         self.logits = x
         self._y = self.activation.forward(x, self.workspace.get("y", x.shape[0], self.output_dim))

@@ -55,6 +55,10 @@ class Layer:
     def backward(self, dy, input_grad: bool):
         raise NotImplementedError
 
+    def get_config(self) -> dict:
+        """This layer as a job-file table: {"type": kind, "name": ..., arguments}."""
+        return {"type": self.kind, "name": self.name}
+
     def regularizers(self) -> dict:
         """Regularizer of each penalised parameter, by local name (the model applies them)."""
         return {}

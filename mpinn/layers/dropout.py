@@ -15,6 +15,9 @@ class Dropout(Layer):
         self.rate = fraction("Dropout", "rate", rate)
         self.rng = None  # set by the model from its seed
 
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate}
+
     def forward(self, x, training):
         if not training or self.rate == 0:
             self._mask = None

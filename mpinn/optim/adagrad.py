@@ -37,3 +37,4 @@ class Adagrad(Optimizer):
         )
         transforms = [ScaleByAdagrad(initial, positive_number("Adagrad", "epsilon", epsilon))]
         super().__init__(transforms, learning_rate, **kwargs)
+        self.config.update(initial_accumulator_value=initial, epsilon=epsilon)

@@ -51,6 +51,7 @@ class Adam(Optimizer):
             positive_number(owner, "epsilon", epsilon),
         )
         super().__init__([scale], learning_rate, **kwargs)
+        self.config.update(beta_1=beta_1, beta_2=beta_2, epsilon=epsilon)
 
 
 class AdamW(Adam):

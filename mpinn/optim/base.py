@@ -87,6 +87,8 @@ class Optimizer:
             chain.append(AddDecayedWeights(decay))
         self.transforms = chain
         self.iterations = 0
+        # the constructor's arguments, so that a saved model can be rebuilt
+        self.config = {"global_clipnorm": global_clipnorm, "weight_decay": weight_decay}
 
     def build(self, params) -> None:
         """Fresh state for `params`: zeroed buffers, step count 0."""

@@ -40,3 +40,4 @@ class RMSprop(Optimizer):
         if momentum:
             transforms.append(Momentum(momentum))
         super().__init__(transforms, learning_rate, **kwargs)
+        self.config.update(rho=rho, momentum=momentum, epsilon=epsilon)

@@ -34,3 +34,4 @@ class SGD(Optimizer):
         transforms = [Momentum(momentum, nesterov)] if momentum else []
         super().__init__(transforms, learning_rate, **kwargs)
         self.momentum, self.nesterov = momentum, nesterov
+        self.config.update(momentum=momentum, nesterov=nesterov)
