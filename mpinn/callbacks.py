@@ -172,10 +172,12 @@ class ModelCheckpoint(Callback):
         self.every_epochs, self.every_steps, self.keep = every_epochs, every_steps, keep
         self.steps_per_epoch, self.attrs = steps_per_epoch, attrs
         self.written = None  # optimizer step of the last checkpoint
+        self.epoch = 0
 
     def on_train_begin(self, logs=None):
         self.directory.mkdir(parents=True, exist_ok=True)
         checkpoint.prune(self.directory, self.keep)  # stray temporary files of a crash
+        self.written = self.model.optimizer.iterations  # nothing new to save yet
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch

@@ -1,0 +1,131 @@
+"""Checkpoints across ranks: exact resume on 2 ranks, resuming on another world size or
+strategy, and kill -9 while checkpoints are being written."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from mpinn import checkpoint
+
+from .conftest import MPINN
+
+JOB = """
+[run]
+name = "ckpt"
+directory = "{directory}"
+seed = 11
+
+[data]
+dataset = "digits"
+
+[model]
+layers = [
+    {{ type = "dense", units = 32, activation = "relu" }},
+    {{ type = "dense", units = 10, activation = "softmax" }},
+]
+
+[training]
+epochs = {epochs}
+batch_size = 64
+loss = "sparse_categorical_crossentropy"
+metrics = ["accuracy"]
+
+[optimizer]
+name = "adam"
+learning_rate = 0.003
+
+[checkpoint]
+keep = 100
+"""
+
+
+def write_job(tmp_path, name, epochs):
+    directory = tmp_path / name
+    (tmp_path / f"{name}.toml").write_text(JOB.format(directory=directory, epochs=epochs))
+    return directory
+
+
+def losses(directory):
+    lines = (directory / "metrics.jsonl").read_text().splitlines()
+    return [record["loss"] for record in map(json.loads, lines) if "loss" in record]
+
+
+@pytest.mark.timeout(240)
+def test_two_rank_resume_is_bit_identical(tmp_path, launch):
+    whole, parts = write_job(tmp_path, "whole", 4), write_job(tmp_path, "parts", 4)
+    assert launch(2, "train", "whole.toml", "-q").returncode == 0
+    assert launch(2, "train", "parts.toml", "-q", "--set", "training.epochs=2").returncode == 0
+    resumed = launch(2, "train", "parts.toml", "-q", "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = checkpoint.read(whole / "final.h5"), checkpoint.read(parts / "final.h5")
+    for name in a.params:
+        np.testing.assert_array_equal(a.params[name], b.params[name], err_msg=name)
+    for slot in a.optimizer:
+        for name in a.optimizer[slot]:
+            np.testing.assert_array_equal(a.optimizer[slot][name], b.optimizer[slot][name])
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("first, then", [
+    ((4, "allreduce"), (2, "allreduce")),
+    ((4, "allreduce"), (None, "allreduce")),
+    ((3, "ps"), (2, "allreduce")),
+    ((2, "allreduce"), (3, "ps")),
+], ids=["4-to-2", "4-to-1", "ps-to-allreduce", "allreduce-to-ps"])
+def test_resume_on_another_world_size_or_strategy(tmp_path, launch, first, then):
+    directory = write_job(tmp_path, "run", 6)
+    ranks, strategy = first
+    sync = ["--set", "strategy.mode='sync'"] if strategy == "ps" else []
+    started = launch(ranks, "train", "run.toml", "-q", "--set", "training.epochs=3",
+                     "--set", f"strategy.name='{strategy}'", *sync)
+    assert started.returncode == 0, started.stderr
+    before = losses(directory)
+    ranks, strategy = then
+    sync = ["--set", "strategy.mode='sync'"] if strategy == "ps" else []
+    resumed = launch(ranks, "train", "run.toml", "-q", "--resume", "auto",
+                     "--set", f"strategy.name='{strategy}'", *sync)
+    assert resumed.returncode == 0, resumed.stderr
+    after = losses(directory)[len(before):]
+    assert len(before) == 3 and len(after) == 3
+    # training continues where it stopped: no jump back up to an untrained loss
+    assert after[0] < before[-1] * 1.1 and after[-1] < before[-1]
+    assert checkpoint.read(directory / "final.h5").attrs["strategy"] == strategy
+
+
+@pytest.mark.timeout(600)
+def test_kill_9_while_writing_checkpoints_never_loses_the_last_good_one(tmp_path):
+    """A larger model checkpointed every step, killed at 20 random moments: each time a
+    valid checkpoint remains, stray temporary files are ignored, and --resume auto works."""
+    directory = tmp_path / "killed"
+    job = JOB.format(directory=directory, epochs=1000).replace(
+        "units = 32", "units = 2048").replace("keep = 100", "keep = 2\nevery_steps = 1")
+    (tmp_path / "killed.toml").write_text(job)
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    rng = random.Random(0)
+    kills = interrupted_writes = 0
+    while kills < 20:
+        process = subprocess.Popen([MPINN, "train", "killed.toml", "-q", "--resume", "auto"],
+                                   cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE)
+        time.sleep(rng.uniform(1.0, 2.5))
+        if process.poll() is not None:
+            pytest.fail(f"training ended before the kill: {process.stderr.read()!r}")
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        kills += 1
+        interrupted_writes += any(".tmp-" in p.name for p in directory.iterdir())
+        found = checkpoint.latest_valid(directory)
+        if kills > 1:  # after the first run there is always a checkpoint to resume
+            assert found is not None
+    assert interrupted_writes >= 3  # the kills did land in the middle of writes
+    finished = subprocess.run([MPINN, "train", "killed.toml", "-q", "--resume", "auto",
+                               "--set", "training.epochs=1"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr
+    assert not [p for p in directory.iterdir() if ".tmp-" in p.name]  # strays cleaned
