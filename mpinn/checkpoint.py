@@ -39,13 +39,51 @@ REQUIRED_ATTRS = ("format", "format_version", "epoch", "step", "iterations", "dt
 
 @dataclass
 class Checkpoint:
+    """What `read` found: metadata, and the names and shapes of the stored tensors.
+    Tensor values are read on demand (`params`, `optimizer`) or straight into a model's
+    buffers (`restore`), so that loading allocates nothing twice."""
+
     path: Path
     attrs: dict
-    params: dict[str, np.ndarray]
-    optimizer: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    shapes: dict[str, dict[str, tuple]]  # group ("params", "optimizer/adam/m") -> name -> shape
     data: dict = field(default_factory=dict)
     rng: dict[str, str] = field(default_factory=dict)
     history: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def slots(self) -> list[str]:
+        """Optimizer state slots, e.g. ["adam/m", "adam/v"]."""
+        return sorted(group.removeprefix("optimizer/") for group in self.shapes
+                      if group.startswith("optimizer/"))
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        return self.tensors("params")
+
+    @property
+    def optimizer(self) -> dict[str, dict[str, np.ndarray]]:
+        return {slot: self.tensors(f"optimizer/{slot}") for slot in self.slots}
+
+    def tensors(self, group: str) -> dict[str, np.ndarray]:
+        """The named arrays of one group, checksums verified."""
+        with _opened(self.path) as file:
+            return {name: file[f"{group}/{name}"][()] for name in self.shapes[group]}
+
+    def read_into(self, group: str, targets: dict, to_backend=None) -> None:
+        """Read each named tensor of `group` into `targets[name]` (host arrays, or backend
+        arrays through `to_backend(host, target)`), checksums verified."""
+        with _opened(self.path) as file:
+            for name, target in targets.items():
+                dataset = file[f"{group}/{name}"]
+                if to_backend is None:
+                    dataset.read_direct(target)
+                else:
+                    to_backend(dataset[()], target)
+
+    def verify(self) -> None:
+        """Read every tensor once, so that a damaged one raises DataError now."""
+        for group in self.shapes:
+            self.tensors(group)
 
 
 # -------------------------------------------------------------------------- writing
@@ -90,7 +128,10 @@ def save(path, model, *, epoch: int = 0, step: int = 0, history=None, config: st
 
 def _write_tensors(group, named: dict, to_host) -> None:
     for name, value in sorted(named.items()):
-        group.create_dataset(name, data=to_host(value), fletcher32=True)
+        value = to_host(value)
+        # one chunk per tensor (HDF5 allows up to 4 GiB): checksummed in one piece
+        chunks = value.shape if 0 < value.nbytes < 2**32 else True
+        group.create_dataset(name, data=value, fletcher32=True, chunks=chunks)
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -102,83 +143,89 @@ def _fsync_directory(directory: Path) -> None:
 
 
 # -------------------------------------------------------------------------- reading
+class _opened:
+    """h5py.File(path, "r") whose failures (a bad checksum, a truncated file) become one
+    DataError naming the file."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def __enter__(self):
+        try:
+            self.file = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise DataError(f"{self.path}: damaged checkpoint ({_first_line(exc)})") from exc
+        return self.file
+
+    def __exit__(self, kind, exc, traceback):
+        self.file.close()
+        if isinstance(exc, (OSError, KeyError, ValueError, TypeError)):
+            raise DataError(f"{self.path}: damaged checkpoint ({_first_line(exc)})") from exc
+        return False
+
+
 def read(path) -> Checkpoint:
-    """Read and check a checkpoint; any problem is a DataError naming the file."""
+    """Read and check a checkpoint's structure and metadata; any problem is a DataError
+    naming the file. Tensor values are read later, with their checksums."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such checkpoint file")
-    try:
-        if not h5py.is_hdf5(path):
-            raise DataError(f"{path}: not an HDF5 file")
-        with h5py.File(path, "r") as file:
-            _check_structure(path, file)
-            attrs = {key: _plain(value) for key, value in file.attrs.items()}
-            if attrs.get("format") != FORMAT:
-                raise DataError(f"{path}: not an mpinn checkpoint (format "
-                                f"{attrs.get('format')!r}, expected {FORMAT!r})")
-            if attrs.get("format_version") != FORMAT_VERSION:
-                raise DataError(f"{path}: checkpoint format version "
-                                f"{attrs.get('format_version')} is not {FORMAT_VERSION}")
-            missing = [key for key in REQUIRED_ATTRS if key not in attrs]
-            if missing or "params" not in file:
-                raise DataError(f"{path}: incomplete checkpoint (missing "
-                                f"{', '.join(missing) or '/params'})")
-            checkpoint = Checkpoint(path, attrs, _read_tensors(file["params"]))
-            for slot_group in ("optimizer",):
-                if slot_group in file:
-                    for transform, slots in file[slot_group].items():
-                        for slot, tensors in slots.items():
-                            checkpoint.optimizer[f"{transform}/{slot}"] = _read_tensors(tensors)
-            if "data" in file:
-                checkpoint.data = {k: _plain(v) for k, v in file["data"].attrs.items()}
-            if "rng" in file:
-                checkpoint.rng = {k: str(v) for k, v in file["rng"].attrs.items()}
-            if "history" in file:
-                checkpoint.history = {k: v[()].tolist() for k, v in file["history"].items()}
-            return checkpoint
-    except DataError:
-        raise
-    except (OSError, KeyError, ValueError, TypeError) as exc:
-        raise DataError(f"{path}: damaged checkpoint ({_first_line(exc)})") from exc
+    if not h5py.is_hdf5(path):
+        raise DataError(f"{path}: not an HDF5 file")
+    with _opened(path) as file:
+        shapes = _check_structure(path, file)
+        attrs = {key: _plain(value) for key, value in file.attrs.items()}
+        if attrs.get("format") != FORMAT:
+            raise DataError(f"{path}: not an mpinn checkpoint (format "
+                            f"{attrs.get('format')!r}, expected {FORMAT!r})")
+        if attrs.get("format_version") != FORMAT_VERSION:
+            raise DataError(f"{path}: checkpoint format version "
+                            f"{attrs.get('format_version')} is not {FORMAT_VERSION}")
+        missing = [key for key in REQUIRED_ATTRS if key not in attrs]
+        if missing or "params" not in shapes:
+            raise DataError(f"{path}: incomplete checkpoint (missing "
+                            f"{', '.join(missing) or '/params'})")
+        found = Checkpoint(path, attrs, {group: tensors for group, tensors in shapes.items()
+                                         if group == "params" or group.startswith("optimizer/")})
+        if "data" in file:
+            found.data = {k: _plain(v) for k, v in file["data"].attrs.items()}
+        if "rng" in file:
+            found.rng = {k: str(v) for k, v in file["rng"].attrs.items()}
+        if "history" in file:
+            found.history = {k: v[()].tolist() for k, v in file["history"].items()}
+        return found
 
 
-def _check_structure(path, file) -> None:
-    """Refuse links to other files, virtual datasets and non-numeric data before reading."""
-    problems = []
+def _check_structure(path, file) -> dict[str, dict[str, tuple]]:
+    """Refuse links to other files, soft links, virtual datasets and non-numeric data
+    before reading anything; return the datasets' shapes by group and name."""
+    shapes: dict[str, dict[str, tuple]] = {}
+    problem = None
 
-    def visit(name):
-        link = file.get(name, getlink=True)
-        if isinstance(link, (h5py.ExternalLink, h5py.SoftLink)):
-            problems.append(f"{name} is a {type(link).__name__}")
+    def visit(name, link):
+        nonlocal problem
+        if problem:
+            return
+        if not isinstance(link, h5py.HardLink):
+            problem = f"{name} is a {type(link).__name__}"
             return
         node = file[name]
         if isinstance(node, h5py.Dataset):
             if node.is_virtual:
-                problems.append(f"{name} is a virtual dataset")
+                problem = f"{name} is a virtual dataset"
             elif node.dtype.kind not in "biuf" or node.dtype.names is not None:
-                problems.append(f"{name} has non-numeric type {node.dtype}")
+                problem = f"{name} has non-numeric type {node.dtype}"
+            else:
+                group, _, rest = name.partition("/")
+                if group == "optimizer":  # optimizer/<transform>/<slot>/<layer>/<name>
+                    parts = name.split("/")
+                    group, rest = "/".join(parts[:3]), "/".join(parts[3:])
+                shapes.setdefault(group, {})[rest] = node.shape
 
-    _visit_links(file, "", visit)
-    if problems:
-        raise DataError(f"{path}: refused: {problems[0]}")
-
-
-def _visit_links(group, prefix, visit) -> None:
-    """Every link under `group`, external and soft ones included (visititems skips them)."""
-    for name in group:
-        full = f"{prefix}{name}"
-        visit(full)
-        link = group.get(name, getlink=True)
-        if isinstance(link, h5py.HardLink) and isinstance(group[name], h5py.Group):
-            _visit_links(group[name], f"{full}/", visit)
-
-
-def _read_tensors(group) -> dict[str, np.ndarray]:
-    found = {}
-    for layer, members in group.items():
-        for name, dataset in members.items():
-            found[f"{layer}/{name}"] = dataset[()]
-    return found
+    file.visititems_links(visit)
+    if problem:
+        raise DataError(f"{path}: refused: {problem}")
+    return shapes
 
 
 def _plain(value):
@@ -200,40 +247,43 @@ def restore(model, checkpoint: Checkpoint) -> None:
     model.build()
     where = checkpoint.path
     expected = {slot.name: slot.shape for slot in model.params.slots}
-    _check_tensors(where, "parameters", checkpoint.params, expected)
+    _check_tensors(where, "parameters", checkpoint.shapes["params"], expected)
     if model.optimizer is not None:
         slots = set(model.optimizer.state())
-        if set(checkpoint.optimizer) != slots:
+        if set(checkpoint.slots) != slots:
             raise DataError(
-                f"{where}: optimizer state {sorted(checkpoint.optimizer) or 'none'} does not "
-                f"fit the job's optimizer {type(model.optimizer).__name__} "
+                f"{where}: optimizer state {checkpoint.slots or 'none'} does not fit the "
+                f"job's optimizer {type(model.optimizer).__name__} "
                 f"({', '.join(sorted(slots)) or 'no state'})")
         for slot in slots:
-            _check_tensors(where, f"optimizer state {slot}", checkpoint.optimizer[slot],
-                           expected)
+            _check_tensors(where, f"optimizer state {slot}",
+                           checkpoint.shapes[f"optimizer/{slot}"], expected)
     backend = model.backend
-    for name, value in checkpoint.params.items():
-        model.params.values[name][...] = backend.asarray(value, dtype=model.dtype)
+    host = isinstance(model.params.data, np.ndarray) and model.dtype == checkpoint.attrs["dtype"]
+
+    def to_backend(value, target):
+        target[...] = backend.asarray(value, dtype=target.dtype)
+
+    copy = None if host else to_backend
+    checkpoint.read_into("params", model.params.values, copy)
     if model.optimizer is not None:
         for slot, flat in model.optimizer.state().items():
-            views = model.params.views(flat)
-            for name, value in checkpoint.optimizer[slot].items():
-                views[name][...] = backend.asarray(value, dtype=flat.dtype)
+            checkpoint.read_into(f"optimizer/{slot}", model.params.views(flat), copy)
         model.optimizer.iterations = int(checkpoint.attrs["iterations"])
     for layer in model.layers:
         if layer.name in checkpoint.rng and getattr(layer, "rng", None) is not None:
             layer.rng.bit_generator.state = json.loads(checkpoint.rng[layer.name])
 
 
-def _check_tensors(where, what, found: dict, expected: dict) -> None:
-    if set(found) != set(expected):
-        extra, missing = sorted(set(found) - set(expected)), sorted(set(expected) - set(found))
+def _check_tensors(where, what, shapes: dict, expected: dict) -> None:
+    if set(shapes) != set(expected):
+        extra, missing = sorted(set(shapes) - set(expected)), sorted(set(expected) - set(shapes))
         detail = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
         raise DataError(f"{where}: {what} do not fit the model ({detail})")
     for name, shape in expected.items():
-        if found[name].shape != shape:
-            raise DataError(f"{where}: {what} {name} has shape {found[name].shape}, "
-                            f"the model needs {shape}")
+        if tuple(shapes[name]) != tuple(shape):
+            raise DataError(f"{where}: {what} {name} has shape {tuple(shapes[name])}, "
+                            f"the model needs {tuple(shape)}")
 
 
 # ------------------------------------------------------------------ run directories
@@ -254,7 +304,9 @@ def latest_valid(directory) -> "Checkpoint | None":
     """The newest checkpoint in `directory` that reads cleanly (None when there is none)."""
     for path in list_checkpoints(directory):
         try:
-            return read(path)
+            found = read(path)
+            found.verify()
+            return found
         except DataError:
             continue
     return None

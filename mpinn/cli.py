@@ -102,6 +102,8 @@ def bad_input_exits_2(command):
 @bad_input_exits_2
 def inspect(checkpoint_file):
     """Show a checkpoint: format, position, parameters, metrics and the stored job."""
+    import numpy as np
+
     from . import checkpoint
 
     found = checkpoint.read(checkpoint_file)
@@ -112,11 +114,12 @@ def inspect(checkpoint_file):
                f"that epoch, {attrs['iterations']} optimizer steps")
     click.echo(f"written by: {attrs.get('world_size')} rank(s), strategy "
                f"{attrs.get('strategy')}, backend {attrs.get('backend')}, {attrs['dtype']}")
-    total = sum(value.size for value in found.params.values())
+    shapes = found.shapes["params"]
+    total = sum(int(np.prod(shape)) for shape in shapes.values())
     click.echo(f"parameters ({total:,}):")
-    for name, value in sorted(found.params.items()):
-        click.echo(f"  {name:<28} {value.shape}")
-    click.echo(f"optimizer state: {', '.join(sorted(found.optimizer)) or 'none'}")
+    for name, shape in sorted(shapes.items()):
+        click.echo(f"  {name:<28} {tuple(shape)}")
+    click.echo(f"optimizer state: {', '.join(found.slots) or 'none'}")
     for metric, values in found.history.items():
         click.echo(f"history {metric}: {len(values)} epochs, last {values[-1]:.4f}")
     if attrs.get("config"):

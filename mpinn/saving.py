@@ -74,8 +74,9 @@ def load_model(path, backend: "str | None" = None):
     overrides = [f"model.backend={json.dumps(backend)}"] if backend else []
     job = parse_job(found.attrs["config"], f"{path} (stored job)", overrides)
     model = build_model(job)
-    kernels = [found.params[f"{layer.name}/kernel"] for layer in model.layers
-               if f"{layer.name}/kernel" in found.params]
-    model.build(kernels[0].shape[0] if kernels else None)
+    shapes = found.shapes["params"]
+    kernels = [shapes[f"{layer.name}/kernel"] for layer in model.layers
+               if f"{layer.name}/kernel" in shapes]
+    model.build(kernels[0][0] if kernels else None)
     checkpoint.restore(model, found)
     return model
