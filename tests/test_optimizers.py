@@ -307,3 +307,16 @@ def test_bad_arguments_raise_config_error(make, argument, value):
         make()
     assert argument in str(info.value)
     assert value in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_lr_scale_scales_one_step(name):
+    """The parameter server's staleness-aware rate: lr_scale multiplies that step's rate."""
+    full, half = make_params(), make_params()
+    start = full.data.copy()
+    for params, scale in ((full, 1.0), (half, 0.5)):
+        optimizer = mpinn.optim.get(name)
+        optimizer.build(params)
+        params.grad[...] = np.linspace(-1, 1, params.size)
+        optimizer.apply(params, lr_scale=scale)
+    np.testing.assert_allclose(half.data - start, 0.5 * (full.data - start), rtol=1e-9)

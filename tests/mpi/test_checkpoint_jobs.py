@@ -129,3 +129,15 @@ def test_kill_9_while_writing_checkpoints_never_loses_the_last_good_one(tmp_path
                               capture_output=True, text=True, timeout=120)
     assert finished.returncode == 0, finished.stderr
     assert not [p for p in directory.iterdir() if ".tmp-" in p.name]  # strays cleaned
+
+
+@pytest.mark.timeout(60)
+def test_a_damaged_checkpoint_exits_2_on_every_rank(tmp_path, launch):
+    write_job(tmp_path, "run", 1)
+    broken = tmp_path / "broken.h5"
+    broken.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)  # an HDF5 signature, then nothing
+    run = launch(2, "train", "run.toml", "--resume", str(broken))
+    assert run.returncode == 2
+    for rank in (0, 1):
+        assert f"[rank {rank}/2" in run.stderr
+    assert run.stderr.count(f"{broken}: damaged checkpoint") == 2

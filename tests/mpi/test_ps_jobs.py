@@ -37,9 +37,14 @@ def test_sync_mode_equals_allreduce_over_the_workers(tmp_path, launch, ranks):
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("staleness", [0, 2, None], ids=["s0", "s2", "unbounded"])
-def test_async_reaches_095_and_the_server_record_keeps_the_bound(tmp_path, launch, staleness):
+@pytest.mark.parametrize("staleness, aware", [(0, False), (2, False), (None, False),
+                                              (None, True)],
+                         ids=["s0", "s2", "unbounded", "unbounded-staleness-aware-rate"])
+def test_async_reaches_095_and_the_server_record_keeps_the_bound(tmp_path, launch, staleness,
+                                                                 aware):
     bound = [] if staleness is None else ["--set", f"strategy.staleness={staleness}"]
+    if aware:
+        bound += ["--set", "strategy.staleness_aware_lr=true"]
     run = launch(3, "train", "--quiet", "--set", "strategy.name='ps'",
                  "--set", "strategy.mode='async'", *bound)
     assert run.returncode == 0, run.stderr
