@@ -229,9 +229,9 @@ class InjectedFailure(Callback):
 
 def describe(model: Sequential) -> str:
     """One line: layer widths and parameter count."""
-    widths = [str(model.input_dim)] + [str(layer.output_dim) for layer in model.layers
-                                        if layer.values]
-    return f"{'-'.join(widths)} MLP, {model.count_params():,} parameters ({np.dtype(model.dtype)})"
+    widths = [str(layer.output_dim) for layer in model.layers if layer.values]
+    return (f"a {'-'.join(widths)} MLP on {model.input_dim} inputs, "
+            f"{model.count_params():,} parameters ({np.dtype(model.dtype)})")
 
 
 def run_job(path, overrides=(), quiet: bool = False, resume: "str | None" = None) -> int:
