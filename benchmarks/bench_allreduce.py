@@ -134,11 +134,12 @@ def worker(repeats: int, names: list[str]) -> None:
 
 
 # ------------------------------------------------------------------------------- driver
-def launch(ranks: int, repeats: int, names: list[str]) -> dict:
+def launch_workers(script: str, ranks: int, *arguments: str) -> dict:
+    """Run `script --worker ARGUMENTS` on `ranks` MPI ranks (one BLAS thread each) and
+    return the JSON object rank 0 printed last."""
     mpiexec = Path(sys.executable).parent / "mpiexec"
     command = [str(mpiexec if mpiexec.exists() else "mpiexec"), "-n", str(ranks),
-               sys.executable, __file__, "--worker", "--repeats", str(repeats),
-               "--workloads", ",".join(names)]
+               sys.executable, script, "--worker", *arguments]
     environment = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     output = subprocess.run(command, env=environment, capture_output=True, text=True,
                             check=True, timeout=1800).stdout
@@ -181,7 +182,9 @@ def main():
     if args.worker:
         worker(args.repeats, names)
         return
-    runs = {int(k): launch(int(k), args.repeats, names) for k in args.ranks.split(",")}
+    runs = {int(k): launch_workers(__file__, int(k), "--repeats", str(args.repeats),
+                                   "--workloads", ",".join(names))
+            for k in args.ranks.split(",")}
     print(f"medians of {args.repeats} epochs each; 1 BLAS thread per rank")
     for line in next(iter(runs.values()))["blas"]:  # as the ranks saw it
         print(line)

@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from bench_allreduce import launch_workers  # noqa: E402
 from bench_engine import WORKLOADS, blas_description, make_data, mpinn_model  # noqa: E402
 
 ROUND_TRIPS = 30
@@ -106,17 +106,6 @@ def worker(mode: str, repeats: int, names: list[str]) -> None:
         print(json.dumps({"workers": workers, "results": results, "blas": blas_description()}))
 
 
-def launch(workers: int, mode: str, repeats: int, names: list[str]) -> dict:
-    mpiexec = Path(sys.executable).parent / "mpiexec"
-    command = [str(mpiexec if mpiexec.exists() else "mpiexec"), "-n", str(workers + 1),
-               sys.executable, __file__, "--worker", "--mode", mode, "--repeats", str(repeats),
-               "--workloads", ",".join(names)]
-    environment = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    output = subprocess.run(command, env=environment, capture_output=True, text=True,
-                            check=True, timeout=1800).stdout
-    return json.loads(output.strip().splitlines()[-1])
-
-
 def report(runs: dict[int, dict], names: list[str]) -> None:
     print("| workload | workers | updates/s | worker utilisation | server busy "
           "| raw Send+Recv round trip ms | server apply ms | saturation estimate (workers) |")
@@ -147,7 +136,8 @@ def main():
     if args.worker:
         worker(args.mode, args.repeats, names)
         return
-    runs = {int(k): launch(int(k), args.mode, args.repeats, names)
+    runs = {int(k): launch_workers(__file__, int(k) + 1, "--mode", args.mode, "--repeats",
+                                   str(args.repeats), "--workloads", ",".join(names))
             for k in args.workers.split(",")}
     print(f"ps mode {args.mode}; medians of {args.repeats} epochs; 1 BLAS thread per rank; "
           f"{os.cpu_count()} CPUs (more ranks than CPUs oversubscribe)")
