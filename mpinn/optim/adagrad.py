@@ -18,12 +18,12 @@ class ScaleByAdagrad(Transform):
         self.accumulator += self.initial_accumulator_value
         self._scratch = params.backend.xp.empty_like(params.data)
 
-    def update(self, updates, params, step, scale):
+    def update(self, updates, params, step, scale, part=slice(None)):
         materialized(updates, scale)
-        s = self._scratch
+        accumulator, s = self.accumulator[part], self._scratch[part]
         np.multiply(updates, updates, out=s)
-        self.accumulator += s
-        np.sqrt(self.accumulator, out=s)
+        accumulator += s
+        np.sqrt(accumulator, out=s)
         s += self.epsilon
         updates /= s
         return 1.0

@@ -15,14 +15,15 @@ class Momentum(Transform):
         self.momentum = momentum
         self.nesterov = nesterov
 
-    def update(self, updates, params, step, scale):
+    def update(self, updates, params, step, scale, part=slice(None)):
         materialized(updates, scale)
-        self.trace *= self.momentum
-        self.trace += updates
+        trace = self.trace[part]
+        trace *= self.momentum
+        trace += updates
         if self.nesterov:
-            updates += self.momentum * self.trace
+            updates += self.momentum * trace
         else:
-            np.copyto(updates, self.trace)
+            np.copyto(updates, trace)
         return 1.0
 
 
