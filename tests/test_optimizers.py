@@ -320,27 +320,3 @@ def test_lr_scale_scales_one_step(name):
         params.grad[...] = np.linspace(-1, 1, params.size)
         optimizer.apply(params, lr_scale=scale)
     np.testing.assert_allclose(half.data - start, 0.5 * (full.data - start), rtol=1e-9)
-
-
-@pytest.mark.parametrize("name", ["sgd-nesterov", "adam", "adamw", "rmsprop", "adagrad"])
-def test_threaded_steps_equal_one_thread_bit_for_bit(name):
-    """The element-wise chain runs on parts of the buffer in threads: same bits."""
-    shapes = {"big/kernel": (700, 500), "big/bias": (500,)}
-    backend = mpinn.get_backend("numpy")
-    results = []
-    for threads in (1, 3):
-        params = FlatParameters(shapes, np.float32, backend)
-        params.data[...] = np.random.default_rng(0).normal(size=params.size)
-        optimizer = {"sgd-nesterov": lambda: mpinn.SGD(0.1, momentum=0.9, nesterov=True),
-                     "adamw": lambda: mpinn.AdamW(global_clipnorm=5.0)}.get(
-            name, lambda: mpinn.optim.get(name))()
-        optimizer.build(params, threads=threads)
-        assert len(optimizer._parts) == threads
-        for step in range(3):
-            params.grad[...] = np.random.default_rng(step).normal(size=params.size)
-            optimizer.apply(params)
-        results.append((params.data.copy(), [v.copy() for v in optimizer.state().values()]))
-    (serial, serial_state), (threaded, threaded_state) = results
-    assert serial.tobytes() == threaded.tobytes()
-    for a, b in zip(serial_state, threaded_state, strict=True):
-        assert a.tobytes() == b.tobytes()

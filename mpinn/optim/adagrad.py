@@ -18,12 +18,12 @@ class ScaleByAdagrad(Transform):
         self.accumulator += self.initial_accumulator_value
         self._scratch = params.backend.xp.empty_like(params.data)
 
-    def update(self, updates, params, step, scale, part=slice(None)):
+    def update(self, updates, params, step, scale):
         materialized(updates, scale)
-        accumulator, s = self.accumulator[part], self._scratch[part]
+        s = self._scratch
         np.multiply(updates, updates, out=s)
-        accumulator += s
-        np.sqrt(accumulator, out=s)
+        self.accumulator += s
+        np.sqrt(self.accumulator, out=s)
         s += self.epsilon
         updates /= s
         return 1.0

@@ -24,21 +24,21 @@ class ScaleByAdam(Transform):
         super().init(params)
         self._scratch = params.backend.xp.empty_like(params.data)
 
-    def update(self, updates, params, step, scale, part=slice(None)):
+    def update(self, updates, params, step, scale):
         materialized(updates, scale)
-        b1, b2, t = self.beta_1, self.beta_2, step + 1
-        m, v, s = self.m[part], self.v[part], self._scratch[part]
-        m *= b1
+        b1, b2, s = self.beta_1, self.beta_2, self._scratch
+        t = step + 1
+        self.m *= b1
         np.multiply(updates, 1 - b1, out=s)
-        m += s
-        v *= b2
+        self.m += s
+        self.v *= b2
         np.multiply(updates, updates, out=s)
         s *= 1 - b2
-        v += s
+        self.v += s
         correction_2 = math.sqrt(1 - b2**t)
-        np.sqrt(v, out=s)
+        np.sqrt(self.v, out=s)
         s += self.epsilon * correction_2
-        np.divide(m, s, out=updates)
+        np.divide(self.m, s, out=updates)
         return correction_2 / (1 - b1**t)
 
 

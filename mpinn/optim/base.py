@@ -9,15 +9,7 @@ A scalar factor need not cost a pass over the buffer: the true update is always
 `scale * updates`, where `scale` travels along the chain (each transform takes it and
 returns the new one) and is folded into the final learning-rate multiplication. So Adam's
 bias corrections and global-norm clipping add no passes of their own.
-
-Every transform after global-norm clipping is element-wise, so when NumPy's BLAS runs
-several threads the optimizer runs the chain on as many contiguous parts of the buffer at
-once (NumPy releases the GIL): the same arithmetic on the same elements, so the result
-does not depend on the thread count.
 """
-
-from concurrent.futures import ThreadPoolExecutor
-from itertools import pairwise
 
 import numpy as np
 
@@ -36,10 +28,9 @@ class Transform:
         for slot in self.slots:
             setattr(self, slot, params.backend.xp.zeros_like(params.data))
 
-    def update(self, updates, params, step: int, scale: float, part=slice(None)) -> float:
+    def update(self, updates, params, step: int, scale: float) -> float:
         """Turn the update `scale * updates` into a new one, in place, and return the new
-        scale. `updates` and `params` are the part `part` of the flat buffers (state
-        buffers are sliced the same way); `step` counts applied updates, from 0."""
+        scale; `step` counts applied updates, from 0."""
         raise NotImplementedError
 
     def state(self) -> dict:
@@ -63,10 +54,9 @@ class AddDecayedWeights(Transform):
     def init(self, params):
         self._scratch = params.backend.xp.empty_like(params.data)
 
-    def update(self, updates, params, step, scale, part=slice(None)):
-        scratch = self._scratch[part]
-        np.multiply(params, self.weight_decay / scale, out=scratch)
-        updates += scratch
+    def update(self, updates, params, step, scale):
+        np.multiply(params, self.weight_decay / scale, out=self._scratch)
+        updates += self._scratch
         return scale
 
 
@@ -78,20 +68,9 @@ class ClipByGlobalNorm(Transform):
     def __init__(self, max_norm: float):
         self.max_norm = max_norm
 
-    def update(self, updates, params, step, scale, part=slice(None)):
+    def update(self, updates, params, step, scale):
         norm = abs(scale) * float(np.sqrt(np.vdot(updates, updates)))
         return scale * self.max_norm / norm if norm > self.max_norm else scale
-
-
-PART_MINIMUM = 1 << 16  # smaller buffers are not worth a thread
-
-
-def blas_threads() -> int:
-    """How many threads NumPy's BLAS uses now."""
-    from threadpoolctl import threadpool_info
-
-    return max((pool["num_threads"] for pool in threadpool_info()
-                if pool["user_api"] == "blas"), default=1)
 
 
 class Optimizer:
@@ -111,38 +90,20 @@ class Optimizer:
         # the constructor's arguments, so that a saved model can be rebuilt
         self.config = {"global_clipnorm": global_clipnorm, "weight_decay": weight_decay}
 
-    def build(self, params, threads: "int | None" = None) -> None:
-        """Fresh state for `params`: zeroed buffers, step count 0. `threads` (default: as
-        many as NumPy's BLAS uses, for host buffers) work on the element-wise steps."""
+    def build(self, params) -> None:
+        """Fresh state for `params`: zeroed buffers, step count 0."""
         self.iterations = 0
         for transform in self.transforms:
             transform.init(params)
-        if threads is None:
-            threads = blas_threads() if isinstance(params.data, np.ndarray) else 1
-        threads = max(1, min(threads, params.size // PART_MINIMUM))
-        edges = [params.size * i // threads // 16 * 16 for i in range(threads)] + [params.size]
-        self._parts = [slice(a, b) for a, b in pairwise(edges)]
-        self._pool = ThreadPoolExecutor(threads, "mpinn-optimizer") if threads > 1 else None
 
     def apply(self, params, lr_scale: float = 1.0) -> None:
         """One step; consumes `params.grad` as the update buffer. `lr_scale` multiplies
         this step's learning rate (the parameter server's staleness-aware rate)."""
-        updates, scale, chain = params.grad, 1.0, self.transforms
-        if chain and isinstance(chain[0], ClipByGlobalNorm):  # needs the whole buffer
-            scale, chain = chain[0].update(updates, params.data, self.iterations, scale), chain[1:]
-        rate = -self.learning_rate(self.iterations) * lr_scale
-
-        def run(part):
-            own_scale, update, param = scale, updates[part], params.data[part]
-            for transform in chain:
-                own_scale = transform.update(update, param, self.iterations, own_scale, part)
-            update *= rate * own_scale
-            param += update
-
-        if self._pool is None:
-            run(slice(None))
-        else:
-            list(self._pool.map(run, self._parts))
+        updates, scale = params.grad, 1.0
+        for transform in self.transforms:
+            scale = transform.update(updates, params.data, self.iterations, scale)
+        updates *= -self.learning_rate(self.iterations) * lr_scale * scale
+        params.data += updates
         self.iterations += 1
 
     def state(self) -> dict:

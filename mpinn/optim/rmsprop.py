@@ -19,14 +19,14 @@ class ScaleByRms(Transform):
         super().init(params)
         self._scratch = params.backend.xp.empty_like(params.data)
 
-    def update(self, updates, params, step, scale, part=slice(None)):
+    def update(self, updates, params, step, scale):
         materialized(updates, scale)
-        v, s = self.v[part], self._scratch[part]
-        v *= self.rho
+        s = self._scratch
+        self.v *= self.rho
         np.multiply(updates, updates, out=s)
         s *= 1 - self.rho
-        v += s
-        np.sqrt(v, out=s)
+        self.v += s
+        np.sqrt(self.v, out=s)
         s += self.epsilon
         updates /= s
         return 1.0

@@ -15,15 +15,14 @@ class Momentum(Transform):
         self.momentum = momentum
         self.nesterov = nesterov
 
-    def update(self, updates, params, step, scale, part=slice(None)):
+    def update(self, updates, params, step, scale):
         materialized(updates, scale)
-        trace = self.trace[part]
-        trace *= self.momentum
-        trace += updates
+        self.trace *= self.momentum
+        self.trace += updates
         if self.nesterov:
-            updates += self.momentum * trace
+            updates += self.momentum * self.trace
         else:
-            np.copyto(updates, trace)
+            np.copyto(updates, self.trace)
         return 1.0
 
 
