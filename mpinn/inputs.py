@@ -69,8 +69,11 @@ def targets(y, loss, units: int, output_layer: str, samples: int, name: str = "y
 
 
 def _all_finite(array) -> bool:
-    """One pass, no temporary: a NaN or Inf anywhere makes the (float64) sum non-finite."""
-    return bool(np.isfinite(np.sum(array, dtype=np.float64))) or bool(np.isfinite(array).all())
+    """One pass, no temporary: a NaN or Inf anywhere makes the sum non-finite (an overflow
+    of the sum alone falls back to the element-wise check)."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return True
+    return bool(np.isfinite(array.sum())) or bool(np.isfinite(array).all())
 
 
 def _class_indices(y, units, output_layer, name):
