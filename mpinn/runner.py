@@ -25,6 +25,7 @@ from .errors import ConfigError, MpinnError
 from .layers import Activation, Dense, Dropout
 from .model import Sequential
 from .optim import schedules
+from .stopping import StopAtStepBoundary, Stopped, StopRequests
 
 LAYER_TYPES = {"dense": Dense, "dropout": Dropout, "activation": Activation}
 SCHEDULES = {
@@ -180,8 +181,9 @@ def prepare(job: Job, comm: Comm, resume: "str | None" = None) -> Prepared:
     return prepared
 
 
-def train(prepared: Prepared, progress: str = "auto"):
-    """Train the prepared run; only rank 0 prints and writes files. Returns the History."""
+def train(prepared: Prepared, progress: str = "auto", requests: "StopRequests | None" = None):
+    """Train the prepared run; only rank 0 prints and writes files. Returns the History.
+    When the ranks stop on a signal (`requests`), rank 0 checkpoints, then Stopped rises."""
     job, model, strategy = prepared.job, prepared.model, prepared.strategy
     history = History()
     epoch = step = 0
@@ -194,6 +196,7 @@ def train(prepared: Prepared, progress: str = "auto"):
     if failure:
         hooks.append(InjectedFailure(strategy.rank, failure))
     batch_size, epochs = job["training.batch_size"], job["training.epochs"]
+    saver = None
     if strategy.rank == 0:
         prepared.run_directory.mkdir(parents=True, exist_ok=True)
         samples = len(prepared.train[0])
@@ -202,14 +205,22 @@ def train(prepared: Prepared, progress: str = "auto"):
         steps = strategy.progress_steps(-(-samples // batch_size))
         if progress != "none":
             hooks.append(ProgressLogger(progress, epochs, samples, batch_size, steps=steps))
-        hooks.append(ModelCheckpoint(
+        saver = ModelCheckpoint(
             prepared.checkpoint_directory, job["checkpoint.every_epochs"],
             job["checkpoint.every_steps"], job["checkpoint.keep"], steps_per_epoch=steps,
-            config=job.text, world_size=strategy.size, strategy=strategy.name))
-    return model.fit(*prepared.train, batch_size=batch_size, epochs=epochs, verbose=0,
-                     callbacks=hooks, validation_data=prepared.validation,
-                     shuffle=job["training.shuffle"], initial_epoch=epoch, initial_step=step,
-                     strategy=strategy)
+            config=job.text, world_size=strategy.size, strategy=strategy.name)
+        hooks.append(saver)
+    if requests is not None:  # last: an epoch's records are written before a stop
+        hooks.append(StopAtStepBoundary(requests, strategy.comm, strategy.lockstep))
+    try:
+        return model.fit(*prepared.train, batch_size=batch_size, epochs=epochs, verbose=0,
+                         callbacks=hooks, validation_data=prepared.validation,
+                         shuffle=job["training.shuffle"], initial_epoch=epoch,
+                         initial_step=step, strategy=strategy)
+    except Stopped as stop:
+        if saver is not None and saver.written != model.optimizer.iterations:
+            saver.write(stop.epoch, stop.step)
+        raise
 
 
 class InjectedFailure(Callback):
@@ -259,8 +270,20 @@ def run_job(path, overrides=(), quiet: bool = False, resume: "str | None" = None
         found = prepared.resumed
         print(f"resuming {found.path} (epoch {found.data['epoch']}, step {found.data['step']})"
               if found else "no checkpoint to resume: starting afresh")
+    requests = StopRequests()
+    requests.install()
     try:
-        history = train(prepared, progress)
+        history = train(prepared, progress, requests)
+    except Stopped as stop:
+        if comm.rank == 0:
+            print(f"mpinn: {stop}; checkpoint written in {prepared.checkpoint_directory}, "
+                  "continue with --resume auto", file=sys.stderr)
+        return stop.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{tag}mpinn: interrupted\n")
+        if comm.size > 1:
+            comm.abort(130)
+        return 130
     except Exception:  # noqa: BLE001 - any failure must end every rank, not hang them
         lines = traceback.format_exc().rstrip().splitlines()
         sys.stderr.write("".join(f"{tag}{line}\n" for line in lines))

@@ -26,6 +26,7 @@ class Strategy:
         """Before the first step, once the model is built and compiled."""
 
     serves = False  # True on a rank that serves the others instead of training
+    lockstep = True  # every rank sees the same step boundaries (batch hooks in step)
 
     def shard(self, count: int) -> tuple[int, int]:
         """The [start, stop) part of `count` samples this rank evaluates: contiguous, sizes

@@ -31,6 +31,7 @@ PUSH, GRADIENT, REPLY, PARAMETERS = 1, 2, 3, 4  # message tags
 
 class ParameterServerStrategy(Strategy):
     name = "ps"
+    lockstep = False  # the server counts updates, the workers their own steps
 
     def __init__(self, comm, mode: str = "async", staleness: "int | None" = None,
                  staleness_aware_lr: bool = False):
