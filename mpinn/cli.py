@@ -79,8 +79,15 @@ def info():
             status = f"unavailable: {exc}"
         click.echo(f"backend {name}: {status}")
     click.echo(f"strategies: {', '.join(sorted(plugins.available(plugins.STRATEGIES)))}")
+    slurm = [f"{key}={os.environ[key]}" for key in SLURM_VARIABLES if key in os.environ]
+    click.echo(f"Slurm: {' '.join(slurm) if slurm else 'not in a Slurm job'}")
     for line in blas_lines():
         click.echo(line)
+
+
+SLURM_VARIABLES = ("SLURM_JOB_ID", "SLURM_JOB_NAME", "SLURM_JOB_NODELIST", "SLURM_NNODES",
+                   "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_CPUS_PER_TASK",
+                   "SLURM_JOB_PARTITION", "SLURM_RESTART_COUNT")
 
 
 def bad_input_exits_2(command):

@@ -8,8 +8,9 @@ import numpy as np
 
 from ..errors import MpinnError
 
-# set by the launchers we know: MPICH/Hydra, Open MPI, PMIx, Slurm's srun
-LAUNCHER_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_NTASKS")
+# set by the launchers we know: MPICH/Hydra and PMI, Open MPI, PMIx, Slurm's srun
+LAUNCHER_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE",
+                           "SLURM_STEP_NUM_TASKS")
 
 
 class Comm:
@@ -99,7 +100,13 @@ def world() -> Comm:
                 f"MPI library: {exc}"
             ) from exc
         return LocalComm(f"mpi4py unavailable: {exc}")
-    return MPIComm(MPI)
+    comm = MPIComm(MPI)
+    if comm.size == 1 and launched_size() > 1:
+        # e.g. plain `srun` without a PMI plugin: every process would train alone
+        raise MpinnError(
+            f"launched as one of {launched_size()} processes, but MPI sees a world of 1: the "
+            "launcher does not match the MPI library (use mpirun, or srun --mpi=pmi2)")
+    return comm
 
 
 def sums(comm: Comm, values) -> np.ndarray:
