@@ -4,8 +4,9 @@
 #
 # Settings (environment, or set in the .sbatch script before sourcing this file):
 #   MPINN_JOB       the job file (default: jobs/digits.toml)
-#   MPINN_LAUNCH    how to start the ranks (default: "srun --mpi=pmi2", which suits the PyPI
-#                   mpich wheel and most site MPICHs; "mpirun" also works inside the job)
+#   MPINN_LAUNCH    how to start the ranks: "srun --mpi=pmi2" (default; the site's MPI built
+#                   for Slurm), or "mpirun" (the MPI's own launcher, one rank per task;
+#                   the dependable choice for the PyPI mpich wheel, see docs/clusters.md)
 #   MPINN_RUN_DIR   the run directory (default: runs/<job name>-<job id>; a requeued job keeps
 #                   its id, so it finds its checkpoints and continues with --resume auto)
 #   MPINN_REQUEUE   1: `scontrol requeue` this job when it stopped on a signal
@@ -14,13 +15,22 @@ set -u
 job=${MPINN_JOB:-jobs/digits.toml}
 run_dir=${MPINN_RUN_DIR:-runs/${SLURM_JOB_NAME:-mpinn}-${SLURM_JOB_ID:-local}}
 launch=${MPINN_LAUNCH:-srun --mpi=pmi2}
+[ "$launch" = mpirun ] && launch="mpirun -n ${SLURM_NTASKS:-1}"
 mkdir -p "$run_dir"
 echo "mpinn job ${SLURM_JOB_ID:-?} on ${SLURM_JOB_NODELIST:-$(hostname)}:" \
      "${SLURM_NTASKS:-1} tasks, run directory $run_dir"
 
 # The batch shell gets the signal (--signal=B:...); the ranks must get it too: they agree
 # at the next step boundary, rank 0 checkpoints, and mpinn exits with 128 + the signal.
-forward() { [ -n "${child:-}" ] && kill -s "$1" "$child" 2>/dev/null; }
+# srun would take a TERM as "cancel the step", so under srun the job's steps are signalled
+# through Slurm; mpirun forwards signals to its ranks itself.
+forward() {
+    if [ "${launch%% *}" = srun ] && [ -n "${SLURM_JOB_ID:-}" ]; then
+        scancel --signal="$1" "$SLURM_JOB_ID"
+    elif [ -n "${child:-}" ]; then
+        kill -s "$1" "$child" 2>/dev/null
+    fi
+}
 trap 'forward USR1' USR1
 trap 'forward TERM' TERM
 
