@@ -79,3 +79,22 @@ def test_signalled_job_checkpoints_and_the_resubmitted_one_finishes_exactly(
     assert ours.attrs["iterations"] == theirs.attrs["iterations"] == 12 * 180
     for name, value in theirs.params.items():
         np.testing.assert_array_equal(ours.params[name], value, err_msg=name)
+
+
+@pytest.mark.timeout(300)
+def test_a_stopped_job_requeues_itself_and_completes(slurm, tmp_path):
+    run_dir = tmp_path / "run"
+    job_id = slurm.submit("train.sbatch", tmp_path / "out.txt", MPINN_RUN_DIR=run_dir,
+                          MPINN_LAUNCH="mpirun", MPINN_REQUEUE=1, MPINN_ARGS=JOB_ARGS)
+    deadline = time.monotonic() + 120
+    while not checkpoint.list_checkpoints(run_dir):
+        assert time.monotonic() < deadline, slurm.job(job_id).get("JobState")
+        time.sleep(0.05)
+    slurm.run("scancel", "--signal=USR1", "--batch", str(job_id))
+    while slurm.job(job_id).get("Restarts", "0") == "0":  # `scontrol requeue` from the job
+        assert time.monotonic() < deadline, slurm.job(job_id).get("JobState")
+        time.sleep(0.2)
+    slurm.run("scontrol", "update", f"jobid={job_id}", "starttime=now")  # skip the delay
+    state = slurm.wait(job_id)
+    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1"
+    assert checkpoint.read(run_dir / "final.h5").attrs["iterations"] == 12 * 180
