@@ -27,13 +27,7 @@ from .model import Sequential
 from .optim import schedules
 from .stopping import StopAtStepBoundary, Stopped, StopRequests
 
-LAYER_TYPES = {"dense": Dense, "dropout": Dropout, "activation": Activation}
-SCHEDULES = {
-    "exponential": schedules.ExponentialDecay,
-    "inverse_time": schedules.InverseTimeDecay,
-    "step": schedules.StepDecay,
-    "cosine": schedules.CosineDecay,
-}
+LAYER_TYPES = {layer.kind: layer for layer in (Dense, Dropout, Activation)}
 FAILURE_VARIABLE = "MPINN_FAIL_AT"  # "rank:step": raise there, to test failure handling
 
 
@@ -115,10 +109,10 @@ def build_optimizer(job: Job) -> optim.Optimizer:
         warmup = schedule.pop("warmup_steps", None)
         kind = schedule.pop("name", None)
         if kind is not None:
-            if kind not in SCHEDULES:
+            if kind not in schedules.SCHEDULES:
                 raise ConfigError(f"{where}.name = {kind!r} is not allowed; allowed: "
-                                  f"{', '.join(SCHEDULES)}")
-            learning_rate = _call_checked(where, SCHEDULES[kind],
+                                  f"{', '.join(schedules.SCHEDULES)}")
+            learning_rate = _call_checked(where, schedules.SCHEDULES[kind],
                                           {"initial_learning_rate": learning_rate, **schedule})
         elif schedule:
             raise ConfigError(f"{where}: needs a name to go with {', '.join(schedule)}")

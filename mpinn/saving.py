@@ -6,12 +6,7 @@ import json
 from . import checkpoint, optim
 from .optim import schedules
 
-SCHEDULE_NAMES = {  # schedule class -> its name in job files
-    schedules.ExponentialDecay: "exponential",
-    schedules.InverseTimeDecay: "inverse_time",
-    schedules.StepDecay: "step",
-    schedules.CosineDecay: "cosine",
-}
+SCHEDULE_NAMES = {cls: name for name, cls in schedules.SCHEDULES.items()}
 
 
 def _toml(value) -> str:

@@ -104,6 +104,15 @@ class LinearWarmup(LearningRateSchedule):
         return self.schedule(step - self.warmup_steps)
 
 
+# the names job files use for the schedules with an initial_learning_rate
+SCHEDULES = {
+    "exponential": ExponentialDecay,
+    "inverse_time": InverseTimeDecay,
+    "step": StepDecay,
+    "cosine": CosineDecay,
+}
+
+
 def get(learning_rate) -> LearningRateSchedule:
     """A schedule from a number (constant) or a schedule."""
     if isinstance(learning_rate, LearningRateSchedule):
