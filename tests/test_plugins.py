@@ -2,6 +2,7 @@
 
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,11 +28,26 @@ def test_unknown_plugin_error_lists_installed_names():
         plugins.available("mpinn.layers")
 
 
+def install(site: Path, distribution: str, entry_points: str, module: str = "",
+            code: str = "") -> None:
+    """Lay a package out in `site` the way pip does: a module plus a .dist-info folder
+    whose entry_points.txt registers the plugins."""
+    if module:
+        (site / f"{module}.py").write_text(textwrap.dedent(code))
+    info = site / f"{distribution.replace('-', '_')}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\n"
+                                   "Version: 0.1\n")
+    (info / "entry_points.txt").write_text(entry_points)
+
+
 @pytest.fixture
 def installed_throwaway_package(tmp_path, monkeypatch):
-    """Install a package the way pip lays one out: a module plus a .dist-info folder
-    whose entry_points.txt registers a backend and a dataset."""
-    (tmp_path / "throwaway_plugin.py").write_text(textwrap.dedent("""
+    """A backend and a dataset plugin from an installed third-party package."""
+    install(tmp_path, "throwaway-plugin",
+            "[mpinn.backends]\nloud = throwaway_plugin:LoudBackend\n\n"
+            "[mpinn.datasets]\nramp = throwaway_plugin:ramp\n",
+            "throwaway_plugin", """
         import numpy as np
         from mpinn_numpy import NumpyBackend
         from mpinn.data import Dataset
@@ -42,15 +58,7 @@ def installed_throwaway_package(tmp_path, monkeypatch):
         def ramp(samples=6):
             x = np.arange(samples, dtype=np.float32).reshape(-1, 1)
             return Dataset(x, 2 * x)
-    """))
-    info = tmp_path / "throwaway_plugin-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: throwaway-plugin\n"
-                                   "Version: 0.1\n")
-    (info / "entry_points.txt").write_text(
-        "[mpinn.backends]\nloud = throwaway_plugin:LoudBackend\n\n"
-        "[mpinn.datasets]\nramp = throwaway_plugin:ramp\n"
-    )
+    """)
     monkeypatch.syspath_prepend(str(tmp_path))
     yield
     sys.modules.pop("throwaway_plugin", None)
@@ -68,21 +76,15 @@ def test_installed_third_party_plugins_are_discovered_and_usable(installed_throw
 
 
 def test_a_plugin_that_is_not_a_backend_is_refused(tmp_path, monkeypatch):
-    (tmp_path / "not_a_backend.py").write_text("class Impostor:\n    pass\n")
-    info = tmp_path / "not_a_backend-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: not-a-backend\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[mpinn.backends]\nimpostor = not_a_backend:Impostor\n")
+    install(tmp_path, "not-a-backend", "[mpinn.backends]\nimpostor = not_a_backend:Impostor\n",
+            "not_a_backend", "class Impostor:\n    pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(mpinn.PluginError, match="'impostor' gave Impostor, not an mpinn.Backend"):
         get_backend("impostor")
 
 
 def test_a_plugin_that_fails_to_import_is_named(tmp_path, monkeypatch):
-    info = tmp_path / "broken-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[mpinn.backends]\nbroken = no_such_module:X\n")
+    install(tmp_path, "broken", "[mpinn.backends]\nbroken = no_such_module:X\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(mpinn.PluginError, match="'broken' .*no_such_module.* failed to import"):
         plugins.load(plugins.BACKENDS, "broken")
