@@ -6,7 +6,7 @@ Layout (readable with plain h5py or h5dump):
                                      iterations, world_size, strategy, backend, dtype,
                                      config (the job as TOML text, may be empty)
     /params/<layer>/<name>    parameters, one float dataset each
-    /optimizer/<slot>/<layer>/<name>   optimizer state (e.g. adam/m), laid out like params
+    /optimizer/<slot>/<layer>/<name>   optimizer state (e.g. adam/grad_sum), laid out like params
     /data                     attrs: epoch, step (global batches done in that epoch), seed
     /rng                      attrs: one JSON text per Dropout layer (generator state)
     /history/<metric>         per-epoch values
@@ -30,7 +30,7 @@ from . import __version__
 from .errors import DataError
 
 FORMAT = "mpinn.checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 NAME_PATTERN = "ckpt-{iterations:09d}.h5"
 NAME_RE = re.compile(r"^ckpt-(\d{9})\.h5$")
 TEMPORARY_RE = re.compile(r"^\.ckpt-\d{9}\.h5\.tmp-\d+$")
@@ -45,14 +45,15 @@ class Checkpoint:
 
     path: Path
     attrs: dict
-    shapes: dict[str, dict[str, tuple]]  # group ("params", "optimizer/adam/m") -> name -> shape
+    # group ("params", "optimizer/adam/grad_sum") -> tensor name -> shape
+    shapes: dict[str, dict[str, tuple]]
     data: dict = field(default_factory=dict)
     rng: dict[str, str] = field(default_factory=dict)
     history: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def slots(self) -> list[str]:
-        """Optimizer state slots, e.g. ["adam/m", "adam/v"]."""
+        """Optimizer state slots, e.g. ["adam/grad_sq_sum", "adam/grad_sum"]."""
         return sorted(group.removeprefix("optimizer/") for group in self.shapes
                       if group.startswith("optimizer/"))
 

@@ -209,8 +209,9 @@ def test_inspect_evaluate_predict(tmp_path):
     final = tmp_path / "run" / "final.h5"
     shown = run(["inspect", str(final)], tmp_path)
     assert shown.returncode == 0, shown.stderr
-    for fragment in ("mpinn.checkpoint v1", "epoch 4, step 0", "dense_0/kernel",
-                     "(64, 16)", "adam/m", "history val_accuracy: 4 epochs", 'name = "adam"'):
+    for fragment in ("mpinn.checkpoint v2", "epoch 4, step 0", "dense_0/kernel",
+                     "(64, 16)", "adam/grad_sum", "history val_accuracy: 4 epochs",
+                     'name = "adam"'):
         assert fragment in shown.stdout
     evaluated = run(["evaluate", str(final)], tmp_path)
     assert evaluated.returncode == 0 and "validation hold-out (359 samples)" in evaluated.stdout

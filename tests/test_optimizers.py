@@ -71,7 +71,7 @@ def ref_adam(p, grads, lr, b1=0.9, b2=0.999, eps=1e-7, wd=0.0):
         v_hat = v / (1 - b2**t)
         p = p - lr * (m_hat / (np.sqrt(v_hat) + eps) + wd * p)
         out.append(p)
-    return out, {"adam/m": m, "adam/v": v}
+    return out, {"adam/grad_sum": m / (1 - b1), "adam/grad_sq_sum": v / (1 - b2)}
 
 
 def ref_rmsprop(p, grads, lr, rho=0.9, eps=1e-7, momentum=0.0):
@@ -84,7 +84,7 @@ def ref_rmsprop(p, grads, lr, rho=0.9, eps=1e-7, momentum=0.0):
             scaled = buf
         p = p - lr * scaled
         out.append(p)
-    state = {"rmsprop/v": v}
+    state = {"rmsprop/grad_sq_sum": v / (1 - rho)}
     if momentum:
         state["momentum/trace"] = buf
     return out, state

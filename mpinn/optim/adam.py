@@ -1,8 +1,12 @@
 """Adam (Kingma & Ba 2015, Algorithm 1) and AdamW (Loshchilov & Hutter 2019).
 
-The bias corrections are folded into two scalars, as in section 2 of the paper:
-update = m * sqrt(1 - b2^t) / (1 - b1^t) / (sqrt(v) + eps * sqrt(1 - b2^t)),
-which equals m_hat / (sqrt(v_hat) + eps) exactly.
+The moments are kept as decayed sums, `grad_sum = b1 * grad_sum + g` and
+`grad_sq_sum = b2 * grad_sq_sum + g^2`, so that m = (1 - b1) grad_sum and
+v = (1 - b2) grad_sq_sum. Every constant factor, the bias corrections included, then
+folds into two scalars (a scale on epsilon and one on the update):
+m_hat / (sqrt(v_hat) + eps) = k * grad_sum / (sqrt(grad_sq_sum) + eps / a),
+with a = sqrt((1 - b2) / (1 - b2^t)) and k = (1 - b1) / ((1 - b1^t) a). The step is ten
+passes over the buffers instead of the twelve the textbook form takes.
 """
 
 import math
@@ -15,7 +19,7 @@ from .base import Optimizer, Transform, materialized
 
 class ScaleByAdam(Transform):
     name = "adam"
-    slots = ("m", "v")
+    slots = ("grad_sum", "grad_sq_sum")
 
     def __init__(self, beta_1: float, beta_2: float, epsilon: float):
         self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
@@ -28,18 +32,16 @@ class ScaleByAdam(Transform):
         materialized(updates, scale)
         b1, b2, s = self.beta_1, self.beta_2, self._scratch
         t = step + 1
-        self.m *= b1
-        np.multiply(updates, 1 - b1, out=s)
-        self.m += s
-        self.v *= b2
+        self.grad_sum *= b1
+        self.grad_sum += updates
         np.multiply(updates, updates, out=s)
-        s *= 1 - b2
-        self.v += s
-        correction_2 = math.sqrt(1 - b2**t)
-        np.sqrt(self.v, out=s)
-        s += self.epsilon * correction_2
-        np.divide(self.m, s, out=updates)
-        return correction_2 / (1 - b1**t)
+        self.grad_sq_sum *= b2
+        self.grad_sq_sum += s
+        a = math.sqrt((1 - b2) / (1 - b2**t))
+        np.sqrt(self.grad_sq_sum, out=s)
+        s += self.epsilon / a
+        np.divide(self.grad_sum, s, out=updates)
+        return (1 - b1) / ((1 - b1**t) * a)
 
 
 class Adam(Optimizer):

@@ -1,5 +1,12 @@
 """RMSprop (Tieleman & Hinton 2012): divide the gradient by a running RMS of its history.
-v = rho * v + (1 - rho) * g^2; update = g / (sqrt(v) + eps); optional momentum on top."""
+v = rho * v + (1 - rho) * g^2; update = g / (sqrt(v) + eps); optional momentum on top.
+
+v is kept as the decayed sum `grad_sq_sum = rho * grad_sq_sum + g^2` (v = (1 - rho) times
+it), so the constant folds into scalars: update = k * g / (sqrt(grad_sq_sum) + eps / c)
+with c = sqrt(1 - rho) and k = 1 / c, a pass fewer than the textbook form.
+"""
+
+import math
 
 import numpy as np
 
@@ -10,7 +17,7 @@ from .sgd import Momentum
 
 class ScaleByRms(Transform):
     name = "rmsprop"
-    slots = ("v",)
+    slots = ("grad_sq_sum",)
 
     def __init__(self, rho: float, epsilon: float):
         self.rho, self.epsilon = rho, epsilon
@@ -22,14 +29,14 @@ class ScaleByRms(Transform):
     def update(self, updates, params, step, scale):
         materialized(updates, scale)
         s = self._scratch
-        self.v *= self.rho
         np.multiply(updates, updates, out=s)
-        s *= 1 - self.rho
-        self.v += s
-        np.sqrt(self.v, out=s)
-        s += self.epsilon
+        self.grad_sq_sum *= self.rho
+        self.grad_sq_sum += s
+        c = math.sqrt(1 - self.rho)
+        np.sqrt(self.grad_sq_sum, out=s)
+        s += self.epsilon / c
         updates /= s
-        return 1.0
+        return 1 / c
 
 
 class RMSprop(Optimizer):
