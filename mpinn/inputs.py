@@ -34,13 +34,14 @@ def features(x, input_dim: "int | None", name: str = "x", where: str = "the firs
     return x
 
 
-def targets(y, loss, units: int, output_layer: str, samples: int, name: str = "y"):
+def targets(y, loss, units: int, output_layer: str, samples: int, name: str = "y",
+            name_x: str = "x"):
     """`y` checked against the loss and the output layer: class indices for sparse losses,
     otherwise an array shaped (samples, units)."""
     y = np.asarray(y)
     if len(y) != samples:
         raise DataError(
-            f"x and {name} have different numbers of samples: x has {samples}, "
+            f"{name_x} and {name} have different numbers of samples: {name_x} has {samples}, "
             f"{name} has {len(y)}"
         )
     if y.dtype == object or not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):

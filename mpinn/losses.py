@@ -8,6 +8,7 @@ cheaper than going through the activation's Jacobian, and free of log(0).
 
 import numpy as np
 
+from . import inputs
 from .errors import choose
 
 EPSILON = 1e-7  # probabilities are clipped to [EPSILON, 1 - EPSILON], as in Keras
@@ -43,8 +44,11 @@ class Loss:
 
     def __call__(self, y_true, y_pred) -> float:
         """The mean loss of a batch (Keras-style `loss(y_true, y_pred)`)."""
-        y_pred = np.asarray(y_pred, dtype=np.float64)
-        y_true = np.asarray(y_true) if self.sparse else np.asarray(y_true, np.float64)
+        y_pred = np.array(inputs.features(y_pred, None, "y_pred"), np.float64, order="C")
+        y_true = inputs.targets(y_true, self, y_pred.shape[1], "(y_pred's width)",
+                                len(y_pred), "y_true", "y_pred")
+        if not self.sparse:
+            y_true = np.asarray(y_true, np.float64)
         return self.value_and_grad(y_true, y_pred, np.empty_like(y_pred))
 
     def __repr__(self) -> str:
@@ -101,8 +105,8 @@ class CategoricalCrossentropy(Loss):
     def value_and_grad(self, y_true, y_pred, grad_out):
         n = len(y_pred)
         if self.from_logits:
-            log_probs = _log_softmax(y_pred)
-            return self._from_log_probs(y_true, log_probs, np.exp(log_probs), grad_out)
+            probs = np.exp(_log_softmax(y_pred))
+            return self.logits_value_and_grad(y_true, y_pred, probs, grad_out)
         p = np.clip(y_pred, EPSILON, 1 - EPSILON)
         value = -float((self._dense(y_true, p) * np.log(p)).sum()) / n
         inside = (y_pred > EPSILON) & (y_pred < 1 - EPSILON)
@@ -131,14 +135,19 @@ class SparseCategoricalCrossentropy(CategoricalCrossentropy):
     name = "sparse_categorical_crossentropy"
     sparse = True
 
-    def _from_log_probs(self, y_true, log_probs, probs, grad_out):
-        n = len(log_probs)
-        rows = np.arange(n)
-        labels = y_true.reshape(-1)
-        value = -float(log_probs[rows, labels].sum()) / n
-        np.copyto(grad_out, probs)
-        grad_out[rows, labels] -= 1
-        grad_out /= n
+    def logits_value_and_grad(self, y_true, logits, probs, grad_out):
+        # the training step's hot path: a few calls on (batch, classes) arrays, so it
+        # works on the flat positions of the labels instead of (row, label) pairs
+        n, classes = probs.shape
+        at_labels = np.arange(0, n * classes, classes) + y_true.reshape(-1)
+        picked = np.ascontiguousarray(probs).reshape(-1).take(at_labels)
+        if picked.min() > np.finfo(picked.dtype).tiny:
+            value = -float(np.log(picked).sum()) / n
+        else:  # a label's probability underflowed: take its log from the logits
+            log_probs = np.ascontiguousarray(_log_softmax(logits)).reshape(-1)
+            value = -float(log_probs.take(at_labels).sum()) / n
+        np.multiply(probs, 1 / n, out=grad_out)
+        grad_out.reshape(-1)[at_labels] -= 1 / n
         return value
 
     def _dense(self, y_true, like):

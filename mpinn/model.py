@@ -244,7 +244,7 @@ class Sequential:
         x = inputs.features(x, self.input_dim, name_x, f"layer {self.layers[0].name!r}")
         self.build(x.shape[1])
         y = inputs.targets(y, self.loss, self.output_dim, repr(self.layers[-1].name),
-                           len(x), name_y)
+                           len(x), name_y, name_x)
         xb = self.backend.asarray(x, dtype=self.dtype)
         yb = self.backend.asarray(y, dtype=None if self.loss.sparse else self.dtype)
         return xb, yb

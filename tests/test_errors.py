@@ -84,6 +84,14 @@ def test_labels_out_of_range_for_output_layer(compiled):
         compiled.evaluate(np.zeros((2, 4)), np.array([0, -1]))
 
 
+def test_calling_a_loss_checks_its_arguments():
+    loss = mpinn.losses.get("sparse_categorical_crossentropy")
+    with raises_one_line(DataError, "label 5", "allowed: 0..1"):
+        loss([0, 5], [[0.5, 0.5], [0.5, 0.5]])
+    with raises_one_line(DataError, "y_true", "y_pred", "has 3"):
+        mpinn.losses.get("mse")([1.0, 2.0, 3.0], [1.0, 2.0])
+
+
 def test_non_integer_class_labels(compiled):
     with raises_one_line(DataError, "0.5", "not a class index"):
         compiled.fit(np.zeros((2, 4)), np.array([0.5, 1.0]), verbose=0)
