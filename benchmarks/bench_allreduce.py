@@ -30,6 +30,7 @@ from bench_engine import (  # noqa: E402 - the shared workloads and the hand-wri
     epoch_order,
     make_data,
     mpinn_model,
+    paired_ratio,
 )
 
 EXCHANGE_CALLS = 30
@@ -119,12 +120,15 @@ def worker(repeats: int, names: list[str]) -> None:
         seconds = {key: [] for key in runners}
         for runner in runners.values():  # warm-up
             timed_epoch(comm, runner)
-        for _ in range(repeats):
-            for key, runner in runners.items():
-                seconds[key].append(timed_epoch(comm, runner))
+        for round_ in range(repeats):  # alternating order: neither always runs first
+            keys = list(runners) if round_ % 2 == 0 else list(reversed(runners))
+            for key in keys:
+                seconds[key].append(timed_epoch(comm, runners[key]))
         ours, raw = exchange_times(comm, mpinn_runner)
         results[name] = {
             "samples_per_second": {k: samples / statistics.median(v) for k, v in seconds.items()},
+            "ratios_by_round": [theirs / ours for ours, theirs
+                                in zip(seconds["mpinn"], seconds["reference"], strict=True)],
             "exchange_seconds": ours, "raw_allreduce_seconds": raw,
             "bytes": int(mpinn_runner.model.params.grad.nbytes),
         }
@@ -148,9 +152,10 @@ def launch_workers(script: str, ranks: int, *arguments: str) -> dict:
 
 def report(runs: dict[int, dict], names: list[str]) -> None:
     print("| workload | ranks | mpinn samples/s | reference samples/s | mpinn / reference "
+          "| mpinn / reference, paired by round (IQR) "
           "| scaling efficiency mpinn (reference) | exchange ms (raw Allreduce ms) "
           "| exchange vs raw |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     single = runs.get(1)
     for name in names:
         for ranks, run in sorted(runs.items()):
@@ -168,7 +173,9 @@ def report(runs: dict[int, dict], names: list[str]) -> None:
                             f"({result['raw_allreduce_seconds'] * 1e3:.2f})")
                 ratio = f"{result['raw_allreduce_seconds'] / result['exchange_seconds']:.2f}x"
             print(f"| {name} ({result['bytes'] / 1e6:.1f} MB grads) | {ranks} | {ours:,.0f} "
-                  f"| {theirs:,.0f} | {ours / theirs:.3f} | {efficiency} | {exchange} | {ratio} |")
+                  f"| {theirs:,.0f} | {ours / theirs:.3f} "
+                  f"| {paired_ratio(result['ratios_by_round'])} "
+                  f"| {efficiency} | {exchange} | {ratio} |")
 
 
 def main():
