@@ -105,8 +105,8 @@ class CategoricalCrossentropy(Loss):
     def value_and_grad(self, y_true, y_pred, grad_out):
         n = len(y_pred)
         if self.from_logits:
-            probs = np.exp(_log_softmax(y_pred))
-            return self.logits_value_and_grad(y_true, y_pred, probs, grad_out)
+            log_probs = _log_softmax(y_pred)
+            return self._from_log_probs(y_true, log_probs, np.exp(log_probs), grad_out)
         p = np.clip(y_pred, EPSILON, 1 - EPSILON)
         value = -float((self._dense(y_true, p) * np.log(p)).sum()) / n
         inside = (y_pred > EPSILON) & (y_pred < 1 - EPSILON)
@@ -135,25 +135,38 @@ class SparseCategoricalCrossentropy(CategoricalCrossentropy):
     name = "sparse_categorical_crossentropy"
     sparse = True
 
+    # the training step's hot path: a few calls on (batch, classes) arrays, so it works
+    # on the flat positions of the labels instead of (row, label) pairs
     def logits_value_and_grad(self, y_true, logits, probs, grad_out):
-        # the training step's hot path: a few calls on (batch, classes) arrays, so it
-        # works on the flat positions of the labels instead of (row, label) pairs
-        n, classes = probs.shape
-        at_labels = np.arange(0, n * classes, classes) + y_true.reshape(-1)
+        at_labels = _label_positions(y_true, probs.shape)
         picked = np.ascontiguousarray(probs).reshape(-1).take(at_labels)
-        if picked.min() > np.finfo(picked.dtype).tiny:
-            value = -float(np.log(picked).sum()) / n
-        else:  # a label's probability underflowed: take its log from the logits
-            log_probs = np.ascontiguousarray(_log_softmax(logits)).reshape(-1)
-            value = -float(log_probs.take(at_labels).sum()) / n
-        np.multiply(probs, 1 / n, out=grad_out)
-        grad_out.reshape(-1)[at_labels] -= 1 / n
-        return value
+        if picked.min() <= np.finfo(picked.dtype).tiny:  # underflowed: log from the logits
+            return self._from_log_probs(y_true, _log_softmax(logits), probs, grad_out)
+        return _labels_loss_and_grad(np.log(picked), at_labels, probs, grad_out)
+
+    def _from_log_probs(self, y_true, log_probs, probs, grad_out):
+        at_labels = _label_positions(y_true, probs.shape)
+        picked = np.ascontiguousarray(log_probs).reshape(-1).take(at_labels)
+        return _labels_loss_and_grad(picked, at_labels, probs, grad_out)
 
     def _dense(self, y_true, like):
         one_hot = np.zeros_like(like)
         one_hot[np.arange(len(like)), y_true.reshape(-1)] = 1
         return one_hot
+
+
+def _label_positions(labels, shape):
+    """Where each row's label sits in the flattened (rows, classes) array."""
+    rows, classes = shape
+    return np.arange(0, rows * classes, classes) + labels.reshape(-1)
+
+
+def _labels_loss_and_grad(log_picked, at_labels, probs, grad_out):
+    """The mean of -log p(label); writes (p - onehot) / n into the contiguous `grad_out`."""
+    n = len(probs)
+    np.multiply(probs, 1 / n, out=grad_out)
+    grad_out.reshape(-1)[at_labels] -= 1 / n
+    return -float(log_picked.sum()) / n
 
 
 LOSSES = {
