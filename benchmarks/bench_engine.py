@@ -44,11 +44,11 @@ def make_data(samples: int, seed: int = SEED):
 
 
 # ----------------------------------------------------------------------------- mpinn
-def mpinn_model(sizes, seed=SEED):
+def mpinn_model(sizes, seed=SEED, backend="numpy"):
     layers = [mpinn.Dense(sizes[1], "relu", input_shape=(sizes[0],))]
     layers += [mpinn.Dense(width, "relu") for width in sizes[2:-1]]
     layers.append(mpinn.Dense(sizes[-1], "softmax"))
-    model = mpinn.Sequential(layers, seed=seed)
+    model = mpinn.Sequential(layers, seed=seed, backend=backend)
     model.compile(mpinn.Adam(LR, BETA_1, BETA_2, EPSILON), "sparse_categorical_crossentropy")
     model.build()
     return model
@@ -179,10 +179,11 @@ def import_torch():
 
 
 class TorchRunner:
-    """torch.nn.Sequential of Linear/ReLU, CrossEntropyLoss on the logits, torch Adam."""
+    """torch.nn.Sequential of Linear/ReLU, CrossEntropyLoss on the logits, torch Adam, with
+    the model and the data on `device`."""
 
-    def __init__(self, torch, sizes, batch, weights, x, y, fused):
-        self.torch, self.batch = torch, batch
+    def __init__(self, torch, sizes, batch, weights, x, y, fused, device="cpu"):
+        self.torch, self.batch, self.device = torch, batch, torch.device(device)
         modules = []
         for i, (fan_in, fan_out) in enumerate(pairwise(sizes)):
             linear = torch.nn.Linear(fan_in, fan_out)
@@ -190,12 +191,12 @@ class TorchRunner:
                 linear.weight.copy_(torch.from_numpy(weights[2 * i].T.copy()))
                 linear.bias.copy_(torch.from_numpy(weights[2 * i + 1]))
             modules += [linear, torch.nn.ReLU()]
-        self.model = torch.nn.Sequential(*modules[:-1])  # the loss applies the softmax
+        self.model = torch.nn.Sequential(*modules[:-1]).to(self.device)  # loss: softmax
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LR, betas=(BETA_1, BETA_2),
                                           eps=EPSILON, fused=fused or None)
         self.loss = torch.nn.CrossEntropyLoss()
-        self.x, self.y = torch.from_numpy(x), torch.from_numpy(y)
-        self.x_batch = torch.empty((batch, x.shape[1]), dtype=self.x.dtype)
+        self.x, self.y = torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device)
+        self.x_batch = torch.empty((batch, x.shape[1]), dtype=self.x.dtype, device=self.device)
 
     def step(self, xb, yb):
         self.optimizer.zero_grad()
@@ -206,15 +207,18 @@ class TorchRunner:
 
     def epoch(self):
         samples = len(self.x)
-        order = self.torch.from_numpy(epoch_order(SEED, samples, 0))
+        order = self.torch.from_numpy(epoch_order(SEED, samples, 0)).to(self.device)
         for start in range(0, samples, self.batch):
             index = order[start:start + self.batch]
             xb = self.torch.index_select(self.x, 0, index, out=self.x_batch[:len(index)])
             self.step(xb, self.y[index])
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize()
 
     def get_weights(self):
         return [w for linear in self.model[::2]
-                for w in (linear.weight.detach().numpy().T, linear.bias.detach().numpy())]
+                for w in (linear.weight.detach().cpu().numpy().T,
+                          linear.bias.detach().cpu().numpy())]
 
 
 # ---------------------------------------------------------------------------- checks

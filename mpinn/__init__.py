@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 from . import activations, callbacks, data, initializers, losses, metrics, optim, regularizers
-from .backend import Backend, get_backend
+from .backend import Backend, BackendUnavailable, get_backend
 from .callbacks import Callback, EarlyStopping, History
 from .errors import ConfigError, DataError, MpinnError, PluginError
 from .layers import Activation, Dense, Dropout, Layer
@@ -18,6 +18,7 @@ __all__ = [
     "Adam",
     "AdamW",
     "Backend",
+    "BackendUnavailable",
     "Callback",
     "ConfigError",
     "DataError",

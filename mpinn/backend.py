@@ -2,8 +2,9 @@
 
 A backend is an array namespace (`xp`, NumPy-compatible) plus the few operations that
 differ between host and device memory. Layers, losses and optimizers do all their math
-through `backend.xp`, so a backend that offers NumPy's API on its own arrays (CuPy does)
-needs only the methods below.
+through NumPy's functions, which dispatch to the arrays' own implementation (NEP 13/18),
+so a backend that offers NumPy's API on its own arrays (CuPy does) needs only the
+methods below.
 """
 
 from functools import cache
@@ -15,10 +16,19 @@ from .errors import PluginError
 
 
 class Backend:
-    """Base class of backend plugins; register a subclass under `mpinn.backends`."""
+    """Base class of backend plugins; register a subclass under `mpinn.backends`.
+
+    A backend that cannot run here (a library or a device missing) raises
+    `BackendUnavailable` from `__init__`, with one line saying what is missing and how to
+    install it."""
 
     name: str
     xp = None  # the NumPy-compatible array module
+    device: "str | None" = None  # memory the arrays live in: None for host, e.g. "cuda"
+
+    def select_device(self, local_rank: int) -> None:
+        """Before any array is made: pick this process's device from its rank among the
+        job's processes on the same node (several ranks may share a device)."""
 
     def asarray(self, array, dtype=None):
         """`array` (host memory) as an array of this backend."""
@@ -28,13 +38,41 @@ class Backend:
         """A host NumPy copy (or view, where that is free) of a backend array."""
         raise NotImplementedError
 
+    def host_empty(self, shape, dtype) -> np.ndarray:
+        """A host array that `to_host` and `from_host` copy to and from quickly (pinned)."""
+        return np.empty(shape, dtype=dtype)
+
+    def to_host(self, array, out: np.ndarray) -> None:
+        """Copy a backend array into the host array `out`; done when this returns."""
+        np.copyto(out, self.to_numpy(array))
+
+    def from_host(self, host: np.ndarray, out) -> None:
+        """Copy the host array `host` into the backend array `out`."""
+        out[...] = self.asarray(host, dtype=out.dtype)
+
+    def take_rows(self, x, index, out):
+        """`x[index]` for a 2-D `x` and valid row indices, written into `out`."""
+        raise NotImplementedError
+
     def rng(self, seed: np.random.SeedSequence):
         """A random generator on this backend with `.random(shape, dtype=...)`."""
+        raise NotImplementedError
+
+    def rng_state(self, rng) -> dict:
+        """The state of a generator from `rng()`, as JSON-compatible values."""
+        raise NotImplementedError
+
+    def set_rng_state(self, rng, state: dict) -> None:
+        """Put a generator from `rng()` back into a state `rng_state` returned."""
         raise NotImplementedError
 
     def synchronize(self) -> None:
         """Wait until queued device work is done (before MPI reads device memory)."""
         raise NotImplementedError
+
+
+class BackendUnavailable(PluginError):
+    """A backend plugin is installed but cannot run here (its library or device is missing)."""
 
 
 @cache
@@ -52,3 +90,15 @@ def get_backend(name: str = "numpy") -> Backend:
 def resolve_backend(backend: "str | Backend") -> Backend:
     """Accept a backend instance or the name of an installed backend plugin."""
     return backend if isinstance(backend, Backend) else get_backend(backend)
+
+
+def installed_backends() -> dict[str, "str | None"]:
+    """Every installed backend plugin by name: None where it can run here, else why not."""
+    found = {}
+    for name in sorted(plugins.available(plugins.BACKENDS)):
+        try:
+            get_backend(name)
+            found[name] = None
+        except PluginError as exc:
+            found[name] = str(exc)
+    return found

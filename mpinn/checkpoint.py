@@ -113,7 +113,7 @@ def save(path, model, *, epoch: int = 0, step: int = 0, history=None, config: st
             rng = file.create_group("rng")
             for layer in model.layers:
                 if getattr(layer, "rng", None) is not None:
-                    rng.attrs[layer.name] = json.dumps(layer.rng.bit_generator.state)
+                    rng.attrs[layer.name] = json.dumps(model.backend.rng_state(layer.rng))
             group = file.create_group("history")
             for metric, values in (history or {}).items():
                 group.create_dataset(metric, data=np.asarray(values, np.float64),
@@ -271,9 +271,11 @@ def restore(model, checkpoint: Checkpoint) -> None:
         for slot, flat in model.optimizer.state().items():
             checkpoint.read_into(f"optimizer/{slot}", model.params.views(flat), copy)
         model.optimizer.iterations = int(checkpoint.attrs["iterations"])
+    if checkpoint.attrs.get("backend", backend.name) != backend.name:
+        return  # dropout streams differ between backends: keep the seed's own
     for layer in model.layers:
         if layer.name in checkpoint.rng and getattr(layer, "rng", None) is not None:
-            layer.rng.bit_generator.state = json.loads(checkpoint.rng[layer.name])
+            backend.set_rng_state(layer.rng, json.loads(checkpoint.rng[layer.name]))
 
 
 def _check_tensors(where, what, shapes: dict, expected: dict) -> None:

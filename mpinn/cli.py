@@ -8,7 +8,7 @@ import sys
 import click
 
 from . import __version__, plugins
-from .backend import get_backend
+from .backend import installed_backends
 from .errors import MpinnError
 
 
@@ -71,13 +71,8 @@ def info():
         click.echo(f"MPI: {comm.library}; rank {comm.rank} of {comm.size}")
     except MpinnError as exc:
         click.echo(f"MPI: unavailable: {exc}")
-    for name in sorted(plugins.available(plugins.BACKENDS)):
-        try:
-            get_backend(name)
-            status = "available"
-        except Exception as exc:  # noqa: BLE001 - say why any backend cannot load
-            status = f"unavailable: {exc}"
-        click.echo(f"backend {name}: {status}")
+    for name, reason in installed_backends().items():
+        click.echo(f"backend {name}: {f'unavailable: {reason}' if reason else 'available'}")
     click.echo(f"strategies: {', '.join(sorted(plugins.available(plugins.STRATEGIES)))}")
     slurm = [f"{key}={os.environ[key]}" for key in SLURM_VARIABLES if key in os.environ]
     click.echo(f"Slurm: {' '.join(slurm) if slurm else 'not in a Slurm job'}")

@@ -9,9 +9,17 @@ import numpy as np
 from .errors import DataError
 
 
+def array(value):
+    """`value` as an array: a backend's own arrays (CuPy's, in GPU memory) stay where they
+    are, and everything else becomes a NumPy array."""
+    if not isinstance(value, np.ndarray) and hasattr(type(value), "__array_function__"):
+        return value
+    return np.asarray(value)
+
+
 def features(x, input_dim: "int | None", name: str = "x", where: str = "the first layer"):
-    """`x` as a finite 2-D float64 host array of width `input_dim` (when known)."""
-    x = np.asarray(x)
+    """`x` as a finite 2-D numeric array of width `input_dim` (when known)."""
+    x = array(x)
     if x.dtype == object or not np.issubdtype(x.dtype, np.number):
         raise DataError(f"{name} must hold numbers, got an array of dtype {x.dtype}")
     if x.ndim == 1 and input_dim in (None, 1):
@@ -38,7 +46,7 @@ def targets(y, loss, units: int, output_layer: str, samples: int, name: str = "y
             name_x: str = "x"):
     """`y` checked against the loss and the output layer: class indices for sparse losses,
     otherwise an array shaped (samples, units)."""
-    y = np.asarray(y)
+    y = array(y)
     if len(y) != samples:
         raise DataError(
             f"{name_x} and {name} have different numbers of samples: {name_x} has {samples}, "

@@ -151,14 +151,14 @@ class SparseCategoricalCrossentropy(CategoricalCrossentropy):
 
     def _dense(self, y_true, like):
         one_hot = np.zeros_like(like)
-        one_hot[np.arange(len(like)), y_true.reshape(-1)] = 1
+        one_hot[np.arange(len(like), like=like), y_true.reshape(-1)] = 1
         return one_hot
 
 
 def _label_positions(labels, shape):
     """Where each row's label sits in the flattened (rows, classes) array."""
     rows, classes = shape
-    return np.arange(0, rows * classes, classes) + labels.reshape(-1)
+    return np.arange(0, rows * classes, classes, like=labels) + labels.reshape(-1)
 
 
 def _labels_loss_and_grad(log_picked, at_labels, probs, grad_out):

@@ -268,7 +268,7 @@ class Sequential:
         validation_split = fraction("fit", "validation_split", validation_split)
         if validation_split and validation_data is None:
             # as in Keras: the last samples, taken before any shuffling
-            x, y = np.asarray(x), np.asarray(y)
+            x, y = inputs.array(x), inputs.array(y)
             split_at = int(len(x) * (1 - validation_split))
             if not 0 < split_at < len(x):
                 raise ConfigError(f"fit: validation_split={validation_split} leaves "
@@ -344,10 +344,8 @@ class Sequential:
                     xb, yb = x[low:high], y[low:high]
                 else:
                     index = order[low:high]
-                    # mode="clip" (the indices are valid): "raise" would gather into a
-                    # temporary first and then copy it into `out`
-                    xb = np.take(x, index, axis=0, mode="clip",
-                                 out=self._workspace.get("x_batch", high - low, x.shape[1]))
+                    xb = self.backend.take_rows(
+                        x, index, self._workspace.get("x_batch", high - low, x.shape[1]))
                     yb = y[index]
                 scale = strategy.gradient_scale(high - low, stop - start)
                 loss, out = self.compute_gradients(xb, yb, scale)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint, optim, plugins
+from .backend import get_backend
 from .callbacks import Callback, History, MetricsLog, ModelCheckpoint, ProgressLogger
 from .config import Job, load_job
 from .data import train_test_split
@@ -76,6 +77,17 @@ def _call_checked(where: str, target, kwargs: dict, fixed: "dict | None" = None)
         raise ConfigError(f"{where}: {exc}") from exc
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
+
+
+def load_backend(job: Job, comm: Comm):
+    """The job's backend, on the device that this rank's place on its node gives it."""
+    name = job["model.backend"]
+    try:
+        backend = get_backend(name)
+        backend.select_device(comm.local_rank)
+    except MpinnError as exc:
+        raise ConfigError(f"{job.source}: model.backend = {name!r}: {exc}") from exc
+    return backend
 
 
 def build_model(job: Job) -> Sequential:
@@ -154,6 +166,7 @@ def prepare(job: Job, comm: Comm, resume: "str | None" = None) -> Prepared:
     `resume`: a checkpoint file, or "auto" for the newest valid one of the run (if any)."""
     if not job["training.loss"]:
         raise ConfigError(f"{job.source}: training.loss is required")
+    load_backend(job, comm)
     train, validation = load_data(job)
     model = build_model(job)
     strategy = load_strategy(job, comm)

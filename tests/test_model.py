@@ -8,12 +8,12 @@ from mpinn import Dense, Dropout, EarlyStopping, Sequential
 from mpinn.data import load_digits, make_blobs, train_test_split
 
 
-def digits_mlp(seed=0, dtype="float32"):
+def digits_mlp(seed=0, dtype="float32", backend="numpy"):
     model = Sequential([
         Dense(64, activation="relu", input_shape=(64,)),
         Dense(64, activation="relu"),
         Dense(10, activation="softmax"),
-    ], seed=seed, dtype=dtype)
+    ], seed=seed, dtype=dtype, backend=backend)
     model.compile(optimizer=mpinn.Adam(0.001), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     return model
@@ -25,11 +25,11 @@ def digits_split():
     return train_test_split(x, y, test_fraction=0.2, seed=0)
 
 
-def test_digits_mlp_reaches_096_on_holdout_and_is_bit_reproducible(digits_split):
+def test_digits_mlp_reaches_096_on_holdout_and_is_bit_reproducible(digits_split, backend):
     x_train, x_test, y_train, y_test = digits_split
     runs = []
     for _ in range(2):
-        model = digits_mlp(seed=0)
+        model = digits_mlp(seed=0, backend=backend)
         history = model.fit(x_train, y_train, batch_size=32, epochs=30, verbose=0)
         runs.append((model, history))
     (first, history), (second, _) = runs
@@ -60,9 +60,9 @@ def test_parameters_live_in_one_flat_buffer_with_sorted_named_views():
     assert (model.layers[0].values["kernel"] == 0.5).all()
 
 
-def test_float64_is_selectable_end_to_end(digits_split):
+def test_float64_is_selectable_end_to_end(digits_split, backend):
     x_train, _, y_train, _ = digits_split
-    model = digits_mlp(dtype="float64")
+    model = digits_mlp(dtype="float64", backend=backend)
     model.fit(x_train[:64], y_train[:64], epochs=1, verbose=0)
     assert model.params.data.dtype == np.float64
     assert model.predict(x_train[:3]).dtype == np.float64
@@ -92,16 +92,16 @@ def test_summary_lists_layers_and_total(capsys):
     assert "Total params: 8,970" in text
 
 
-def test_get_and_set_weights_round_trip():
-    source, target = digits_mlp(seed=0), digits_mlp(seed=1)
+def test_get_and_set_weights_round_trip(backend):
+    source, target = digits_mlp(seed=0, backend=backend), digits_mlp(seed=1, backend=backend)
     target.set_weights(source.get_weights())
     x = np.random.default_rng(0).random((5, 64))
     np.testing.assert_array_equal(source.predict(x), target.predict(x))
 
 
-def test_fit_history_with_validation_split_and_evaluate_forms(digits_split):
+def test_fit_history_with_validation_split_and_evaluate_forms(digits_split, backend):
     x_train, x_test, y_train, y_test = digits_split
-    model = digits_mlp()
+    model = digits_mlp(backend=backend)
     history = model.fit(x_train, y_train, epochs=2, verbose=0, validation_split=0.25)
     assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
     assert history.epoch == [0, 1]
@@ -131,15 +131,16 @@ def test_validation_split_takes_the_last_samples_before_shuffling():
     assert seen[0] == pytest.approx(expected)
 
 
-def test_dropout_is_active_only_in_training():
+def test_dropout_is_active_only_in_training(backend):
     layer = Dropout(0.5)
     model = Sequential([Dense(200, input_shape=(10,), kernel_initializer="ones"), layer],
-                       seed=0)
+                       seed=0, backend=backend)
     model.compile("sgd", "mse")
     x = np.ones((4, 10), dtype=np.float32)
     inference = model.predict(x)
     np.testing.assert_array_equal(inference, 10.0)
-    training = model._forward(model.backend.asarray(x, np.float32), training=True)
+    training = model.backend.to_numpy(
+        model._forward(model.backend.asarray(x, np.float32), training=True))
     dropped = (training == 0).mean()
     assert 0.35 < dropped < 0.65
     np.testing.assert_array_equal(training[training != 0], 20.0)  # kept ones scaled by 2

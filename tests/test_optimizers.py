@@ -18,10 +18,15 @@ SIZE = 3 * 4 + 4 + 4 * 2
 STEPS = 5
 
 
-def make_params(seed=0):
-    params = FlatParameters(SHAPES, np.float64, mpinn.get_backend("numpy"))
-    params.data[...] = np.random.default_rng(seed).normal(size=params.size)
+def make_params(seed=0, backend="numpy"):
+    params = FlatParameters(SHAPES, np.float64, mpinn.get_backend(backend))
+    params.data[...] = params.backend.asarray(np.random.default_rng(seed).normal(size=params.size))
     return params
+
+
+def host(params, flat=None):
+    """A host copy of params.data (or of another buffer of the same backend)."""
+    return params.backend.to_numpy(params.data if flat is None else flat).copy()
 
 
 def gradient_sequence(seed=1, scales=(1.0, 0.3, 2.5, 0.05, 1.2)):
@@ -35,9 +40,9 @@ def run_mpinn(optimizer, params, grads):
     optimizer.build(params)
     history = []
     for g in grads:
-        params.grad[...] = g
+        params.grad[...] = params.backend.asarray(g)
         optimizer.apply(params)
-        history.append(params.data.copy())
+        history.append(host(params))
     return history
 
 
@@ -128,10 +133,10 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_updates_match_published_formula(case):
+def test_updates_match_published_formula(case, backend):
     make_optimizer, reference = CASES[case]
-    params = make_params()
-    p0, grads = params.data.copy(), gradient_sequence()
+    params = make_params(backend=backend)
+    p0, grads = host(params), gradient_sequence()
     got = run_mpinn(make_optimizer(), params, [g.copy() for g in grads])
     expected, _ = reference(p0, grads)
     assert_trajectories_equal(got, expected)
@@ -139,10 +144,10 @@ def test_updates_match_published_formula(case):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_state_exposes_named_flat_buffers(case):
+def test_state_exposes_named_flat_buffers(case, backend):
     make_optimizer, reference = CASES[case]
-    params = make_params()
-    p0, grads = params.data.copy(), gradient_sequence()
+    params = make_params(backend=backend)
+    p0, grads = host(params), gradient_sequence()
     optimizer = make_optimizer()
     run_mpinn(optimizer, params, grads)
     _, expected_state = reference(p0, grads)
@@ -150,8 +155,8 @@ def test_state_exposes_named_flat_buffers(case):
     assert sorted(state) == sorted(expected_state)
     for name, buffer in state.items():
         assert buffer.shape == (SIZE,) and buffer.dtype == np.float64, name
-        np.testing.assert_allclose(buffer, expected_state[name], rtol=1e-11, atol=1e-15,
-                                   err_msg=name)
+        np.testing.assert_allclose(host(params, buffer), expected_state[name], rtol=1e-11,
+                                   atol=1e-15, err_msg=name)
     assert optimizer.iterations == STEPS
 
 
@@ -191,14 +196,14 @@ CLIP_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CLIP_CASES))
-def test_global_clipnorm_clips_gradient_before_the_update(case):
+def test_global_clipnorm_clips_gradient_before_the_update(case, backend):
     max_norm = 2.0
     grads = gradient_sequence()
     norms = [np.linalg.norm(g) for g in grads]
     assert any(n > max_norm for n in norms) and any(n < max_norm for n in norms)
     make_optimizer, reference = CLIP_CASES[case]
-    params = make_params()
-    p0 = params.data.copy()
+    params = make_params(backend=backend)
+    p0 = host(params)
     got = run_mpinn(make_optimizer(max_norm), params, [g.copy() for g in grads])
     clipped = [clip(g, max_norm) for g in grads]
     expected, _ = reference(p0, clipped)

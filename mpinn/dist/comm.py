@@ -11,6 +11,8 @@ from ..errors import MpinnError
 # set by the launchers we know: MPICH/Hydra and PMI, Open MPI, PMIx, Slurm's srun
 LAUNCHER_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE",
                            "SLURM_STEP_NUM_TASKS")
+# "1" or "0": whether MPI reads and writes GPU memory, for libraries that do not say
+GPU_AWARE_VARIABLE = "MPINN_GPU_AWARE_MPI"
 
 
 class Comm:
@@ -18,7 +20,12 @@ class Comm:
 
     rank = 0
     size = 1
+    local_rank = 0  # among the job's processes on this node
     library = "none"
+
+    def reaches(self, device: str) -> bool:
+        """Whether MPI calls may be given buffers in `device` memory (e.g. "cuda")."""
+        return True  # a world of one passes no buffer to MPI
 
     def allreduce_sum(self, buffer) -> None:
         """Sum `buffer` over all ranks, in place."""
@@ -56,6 +63,26 @@ class MPIComm(Comm):
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.library = mpi.Get_library_version().splitlines()[0].strip()
         self.status = mpi.Status()
+        node = self.comm.Split_type(mpi.COMM_TYPE_SHARED)
+        self.local_rank = node.Get_rank()
+        node.Free()
+        self.gpu_aware = os.environ.get(GPU_AWARE_VARIABLE, "").strip() or None
+        if self.gpu_aware not in (None, "0", "1"):
+            raise MpinnError(f"environment variable {GPU_AWARE_VARIABLE}="
+                             f"{self.gpu_aware!r} must be 1 or 0")
+
+    def reaches(self, device):
+        """MPINN_GPU_AWARE_MPI when set, else what MPI 4.1's `mpi_memory_alloc_kinds` lists
+        (e.g. "system,mpi,cuda:device")."""
+        if self.gpu_aware is not None:
+            return self.gpu_aware == "1"
+        info = self.comm.Get_info()
+        try:
+            kinds = (info.Get("mpi_memory_alloc_kinds") or "").split(",")
+        finally:
+            info.Free()
+        return any(kind.split(":")[0] == device and kind.split(":")[1:] in ([], ["device"])
+                   for kind in kinds)
 
     def allreduce_sum(self, buffer):
         self.comm.Allreduce(self.MPI.IN_PLACE, buffer, op=self.MPI.SUM)

@@ -5,6 +5,7 @@ the flat gradient buffer after backward, and lets it reduce the epoch's sums. A 
 plugin subclasses Strategy and registers under the `mpinn.strategies` entry point group.
 """
 
+from .arrays import ArrayComm
 from .comm import Comm, LocalComm, sums
 
 
@@ -23,7 +24,9 @@ class Strategy:
         return self.comm.size
 
     def setup(self, model) -> None:
-        """Before the first step, once the model is built and compiled."""
+        """Before the first step, once the model is built and compiled. A subclass calls
+        this first: it makes `self.arrays`, the communicator for the model's arrays."""
+        self.arrays = ArrayComm(self.comm, model.backend)
 
     serves = False  # True on a rank that serves the others instead of training
     lockstep = True  # every rank sees the same step boundaries (batch hooks in step)

@@ -15,8 +15,19 @@ class NumpyBackend(Backend):
     def to_numpy(self, array) -> np.ndarray:
         return np.asarray(array)
 
+    def take_rows(self, x, index, out):
+        # mode="clip" (the indices are valid): "raise" would gather into a temporary
+        # first and then copy it into `out`
+        return np.take(x, index, axis=0, mode="clip", out=out)
+
     def rng(self, seed: np.random.SeedSequence):
         return np.random.default_rng(seed)
+
+    def rng_state(self, rng) -> dict:
+        return rng.bit_generator.state
+
+    def set_rng_state(self, rng, state: dict) -> None:
+        rng.bit_generator.state = state
 
     def synchronize(self) -> None:
         pass

@@ -9,8 +9,8 @@ class AllreduceStrategy(Strategy):
     name = "allreduce"
 
     def setup(self, model):
-        model.backend.synchronize()
-        self.comm.broadcast(model.params.data, root=0)
+        super().setup(model)
+        self.arrays.broadcast(model.params.data, root=0)
 
     def apply_gradients(self, model, local_samples, global_samples):
         self.exchange(model)
@@ -19,5 +19,4 @@ class AllreduceStrategy(Strategy):
     def exchange(self, model):
         """Sum every rank's share of the mean gradient: one in-place Allreduce."""
         if self.size > 1:
-            model.backend.synchronize()
-            self.comm.allreduce_sum(model.params.grad)
+            self.arrays.allreduce_sum(model.params.grad)

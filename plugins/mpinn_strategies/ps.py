@@ -59,8 +59,8 @@ class ParameterServerStrategy(Strategy):
 
     # ------------------------------------------------------------------ both sides
     def setup(self, model):
-        model.backend.synchronize()
-        self.comm.broadcast(model.params.data, root=0)
+        super().setup(model)
+        self.arrays.broadcast(model.params.data, root=0)
         self._incoming = model.backend.xp.empty_like(model.params.grad)
 
     def train_shard(self, count):
@@ -78,16 +78,15 @@ class ParameterServerStrategy(Strategy):
         return steps * self.workers if self.serves and self.mode == "async" else steps
 
     def end_epoch(self, model):
-        self.comm.broadcast(model.params.data, root=0)
+        self.arrays.broadcast(model.params.data, root=0)
 
     # ----------------------------------------------------------------------- worker
     def apply_gradients(self, model, local_samples, global_samples):
-        model.backend.synchronize()
         self.header[:] = (self.version, local_samples, 0)
         self.comm.send(self.header, dest=0, tag=PUSH)
-        self.comm.send(model.params.grad, dest=0, tag=GRADIENT)
+        self.arrays.send(model.params.grad, dest=0, tag=GRADIENT)
         self.comm.recv(self.header, source=0, tag=REPLY)
-        self.comm.recv(model.params.data, source=0, tag=PARAMETERS)
+        self.arrays.recv(model.params.data, source=0, tag=PARAMETERS)
         self.version = int(self.header[0])
 
     # ----------------------------------------------------------------------- server
@@ -103,13 +102,13 @@ class ParameterServerStrategy(Strategy):
         """(worker, version the gradient was computed on, its samples)."""
         worker = self.comm.recv(self.header, tag=PUSH)
         version, samples = int(self.header[0]), int(self.header[1])
-        self.comm.recv(into, source=worker, tag=GRADIENT)
+        self.arrays.recv(into, source=worker, tag=GRADIENT)
         return worker, version, samples
 
     def _reply(self, model, worker):
         self.header[:] = (self.version, 0, 0)
         self.comm.send(self.header, dest=worker, tag=REPLY)
-        self.comm.send(model.params.data, dest=worker, tag=PARAMETERS)
+        self.arrays.send(model.params.data, dest=worker, tag=PARAMETERS)
 
     def _serve_sync(self, model, steps, hooks):
         grad = model.params.grad

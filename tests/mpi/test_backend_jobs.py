@@ -1,0 +1,99 @@
+"""Backends on real MPI: device arrays staged through host buffers, and the cupy backend's
+job (trained on a GPU machine; a one-line exit 2 on every rank elsewhere)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mpinn.backend import installed_backends
+
+from .conftest import MPIEXEC
+
+STAGING_SCRIPT = """
+import sys
+import numpy as np
+from mpinn.dist import ArrayComm, world
+from mpinn_numpy import NumpyBackend
+
+class CountingBackend(NumpyBackend):
+    # NumPy arrays standing in for device memory that MPI may not reach
+    device = "test-device"
+    host_buffers = copies = 0
+
+    def host_empty(self, shape, dtype):
+        self.host_buffers += 1
+        return super().host_empty(shape, dtype)
+
+    def to_host(self, array, out):
+        self.copies += 1
+        super().to_host(array, out)
+
+    def from_host(self, host, out):
+        self.copies += 1
+        super().from_host(host, out)
+
+comm = world()
+backend = CountingBackend()
+arrays = ArrayComm(comm, backend)
+assert arrays.direct == (sys.argv[1] == "direct"), arrays.direct
+rank = comm.rank
+grad = np.full(1000, rank + 1.0, dtype=np.float32)
+for _ in range(3):
+    arrays.allreduce_sum(grad)
+assert (grad == 3 * 2 ** 2).all(), grad[:3]  # (1 + 2), doubled by two more rounds
+data = np.arange(1000, dtype=np.float32) if rank == 0 else np.zeros(1000, np.float32)
+arrays.broadcast(data, root=0)
+assert (data == np.arange(1000)).all()
+if rank == 1:
+    arrays.send(data * 2, dest=0, tag=5)
+else:
+    incoming = np.zeros(1000, np.float32)
+    assert arrays.recv(incoming, tag=5) == 1
+    assert (incoming == 2 * np.arange(1000)).all()
+staged = sys.argv[1] == "staged"
+assert backend.host_buffers == int(staged), backend.host_buffers  # one, reused
+assert (backend.copies > 0) == staged, backend.copies
+open(sys.argv[2] + f"/ok-{rank}", "w").close()
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode, gpu_aware", [("staged", None), ("direct", "1")])
+def test_device_arrays_cross_mpi_through_one_reused_host_buffer(tmp_path, mode, gpu_aware):
+    if MPIEXEC is None:
+        pytest.skip("mpiexec is not installed (pip install -e '.[dev]')")
+    script = tmp_path / "staging.py"
+    script.write_text(STAGING_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "MPINN_GPU_AWARE_MPI"}
+    if gpu_aware:
+        env["MPINN_GPU_AWARE_MPI"] = gpu_aware
+    run = subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(script), mode, str(tmp_path)],
+                         env=env, capture_output=True, text=True, timeout=100)
+    assert run.returncode == 0, run.stderr
+    assert sorted(path.name for path in tmp_path.glob("ok-*")) == ["ok-0", "ok-1"]
+
+
+@pytest.mark.timeout(120)
+def test_a_bad_gpu_aware_setting_exits_2_on_every_rank(launch):
+    run = launch(2, "train", "--quiet", env={"MPINN_GPU_AWARE_MPI": "yes"})
+    assert run.returncode == 2
+    assert run.stderr.count("environment variable MPINN_GPU_AWARE_MPI='yes' must be 1 or 0") == 2
+
+
+@pytest.mark.timeout(300)
+def test_the_default_job_on_two_ranks_with_the_cupy_backend(tmp_path, launch):
+    reason = installed_backends()["cupy"]
+    run = launch(2, "train", "--quiet", "--set", "model.backend=cupy",
+                 "--set", f"run.directory={tmp_path / 'run'}")
+    if reason:  # no CuPy or no GPU here: every rank says which, in one line
+        assert run.returncode == 2
+        assert run.stderr.count(f"model.backend = 'cupy': {reason}") == 2, run.stderr
+        assert 'pip install "mpinn[cupy]"' in reason or "GPU" in reason
+        return
+    assert run.returncode == 0, run.stderr
+    log = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    epochs = [record for record in map(json.loads, log) if "val_accuracy" in record]
+    assert epochs[-1]["val_accuracy"] > 0.95

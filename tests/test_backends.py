@@ -1,0 +1,112 @@
+"""Every installed backend against the backend contract, and the backends against each other
+(the comparisons run where two backends can run, e.g. NumPy and CuPy on a GPU machine)."""
+
+import json
+
+import numpy as np
+import pytest
+
+import mpinn
+from mpinn import Dense, Sequential
+from mpinn.backend import BackendUnavailable, get_backend, installed_backends
+from mpinn.data import load_digits
+
+
+def runnable_backends() -> list[str]:
+    return [name for name, reason in installed_backends().items() if reason is None]
+
+
+def test_arrays_cross_between_host_and_backend(backend):
+    b = get_backend(backend)
+    host = np.arange(12, dtype=np.float32).reshape(3, 4)
+    on_backend = b.asarray(host, dtype=np.float64)
+    assert isinstance(on_backend, b.xp.ndarray) and on_backend.dtype == np.float64
+    np.testing.assert_array_equal(b.to_numpy(on_backend), host)
+    staging = b.host_empty((3, 4), np.float64)
+    b.to_host(on_backend * 2, out=staging)
+    np.testing.assert_array_equal(staging, host * 2)
+    b.from_host(staging + 1, out=on_backend)
+    b.synchronize()
+    np.testing.assert_array_equal(b.to_numpy(on_backend), host * 2 + 1)
+
+
+def test_take_rows_gathers_into_the_given_array(backend):
+    b = get_backend(backend)
+    x = b.asarray(np.arange(20, dtype=np.float32).reshape(5, 4))
+    index = b.asarray(np.array([4, 0, 2]))
+    out = b.xp.empty((3, 4), dtype=np.float32)
+    b.take_rows(x, index, out)
+    np.testing.assert_array_equal(b.to_numpy(out), b.to_numpy(x)[[4, 0, 2]])
+
+
+def test_random_state_round_trips_through_json(backend):
+    b = get_backend(backend)
+    seed = np.random.SeedSequence(7, spawn_key=(2, 1))
+    rng = b.rng(seed)
+    first = b.to_numpy(rng.random((64, 8), dtype=np.float32))
+    assert first.dtype == np.float32 and 0 <= first.min() and first.max() < 1
+    state = json.loads(json.dumps(b.rng_state(rng)))
+    ahead = b.to_numpy(rng.random((64, 8), dtype=np.float32))
+    assert not np.array_equal(first, ahead)
+    b.set_rng_state(rng, state)
+    np.testing.assert_array_equal(b.to_numpy(rng.random((64, 8), dtype=np.float32)), ahead)
+    again = b.rng(seed)  # same seed: same stream
+    np.testing.assert_array_equal(b.to_numpy(again.random((64, 8), dtype=np.float32)), first)
+    other = b.rng(np.random.SeedSequence(8, spawn_key=(2, 1)))
+    assert not np.array_equal(b.to_numpy(other.random((64, 8), dtype=np.float32)), first)
+
+
+def test_a_backend_that_cannot_run_says_why_in_one_line():
+    missing = [name for name, reason in installed_backends().items() if reason]
+    if not missing:
+        pytest.skip("every installed backend runs here")
+    for name in missing:
+        with pytest.raises(BackendUnavailable) as caught:
+            Sequential([Dense(1, input_dim=1)], backend=name)
+        assert "\n" not in str(caught.value) and str(caught.value)
+
+
+# ------------------------------------------------------------------- across backends
+def two_backends():
+    found = runnable_backends()
+    if len(found) < 2:
+        pytest.skip(f"only {found} can run here: the comparisons need two backends")
+    return found
+
+
+def mlp(backend, seed=4):
+    model = Sequential([Dense(32, activation="relu", input_shape=(64,)),
+                        Dense(10, activation="softmax")], seed=seed, backend=backend)
+    model.compile(mpinn.Adam(0.01), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def test_the_same_seed_trains_the_same_parameters_on_every_backend():
+    x, y = load_digits()
+    results = {}
+    for name in two_backends():
+        model = mlp(name)
+        history = model.fit(x[:640], y[:640], batch_size=64, epochs=1, verbose=0)
+        results[name] = (np.concatenate([w.ravel() for w in model.get_weights()]),
+                         history.history["loss"][0])
+    (reference, loss), *others = results.values()
+    for weights, other_loss in others:
+        assert np.abs(weights - reference).max() < 1e-5
+        assert other_loss == pytest.approx(loss, rel=1e-5)
+
+
+def test_a_checkpoint_continues_on_another_backend(tmp_path):
+    x, y = load_digits()
+    names = two_backends()
+    for source, target in ((names[0], names[1]), (names[1], names[0])):
+        trained = mlp(source)
+        trained.fit(x, y, batch_size=64, epochs=2, verbose=0)
+        trained.save(tmp_path / f"{source}.h5")
+        moved = mpinn.load_model(tmp_path / f"{source}.h5", backend=target)
+        assert moved.backend.name == target
+        np.testing.assert_allclose(moved.predict(x[:50]), trained.predict(x[:50]), atol=1e-6)
+        staying = mpinn.load_model(tmp_path / f"{source}.h5")
+        for model in (moved, staying):
+            model.fit(x, y, batch_size=64, epochs=3, initial_epoch=2, verbose=0)
+        for a, b in zip(moved.get_weights(), staying.get_weights(), strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-5)
