@@ -44,11 +44,11 @@ class Loss:
 
     def __call__(self, y_true, y_pred) -> float:
         """The mean loss of a batch (Keras-style `loss(y_true, y_pred)`)."""
-        y_pred = np.array(inputs.features(y_pred, None, "y_pred"), np.float64, order="C")
+        y_pred = inputs.features(y_pred, None, "y_pred").astype(np.float64, order="C")
         y_true = inputs.targets(y_true, self, y_pred.shape[1], "(y_pred's width)",
                                 len(y_pred), "y_true", "y_pred")
         if not self.sparse:
-            y_true = np.asarray(y_true, np.float64)
+            y_true = y_true.astype(np.float64)
         return self.value_and_grad(y_true, y_pred, np.empty_like(y_pred))
 
     def __repr__(self) -> str:
@@ -139,14 +139,14 @@ class SparseCategoricalCrossentropy(CategoricalCrossentropy):
     # on the flat positions of the labels instead of (row, label) pairs
     def logits_value_and_grad(self, y_true, logits, probs, grad_out):
         at_labels = _label_positions(y_true, probs.shape)
-        picked = np.ascontiguousarray(probs).reshape(-1).take(at_labels)
+        picked = probs.reshape(-1).take(at_labels)  # reshape copies if not contiguous
         if picked.min() <= np.finfo(picked.dtype).tiny:  # underflowed: log from the logits
             return self._from_log_probs(y_true, _log_softmax(logits), probs, grad_out)
         return _labels_loss_and_grad(np.log(picked), at_labels, probs, grad_out)
 
     def _from_log_probs(self, y_true, log_probs, probs, grad_out):
         at_labels = _label_positions(y_true, probs.shape)
-        picked = np.ascontiguousarray(log_probs).reshape(-1).take(at_labels)
+        picked = log_probs.reshape(-1).take(at_labels)
         return _labels_loss_and_grad(picked, at_labels, probs, grad_out)
 
     def _dense(self, y_true, like):

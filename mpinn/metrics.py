@@ -3,6 +3,7 @@
 
 import numpy as np
 
+from . import inputs
 from .errors import choose
 
 
@@ -15,8 +16,8 @@ class Metric:
 
     def __call__(self, y_true, y_pred) -> float:
         """The batch mean (Keras-style `metric(y_true, y_pred)`)."""
-        y_pred = np.asarray(y_pred)
-        return self.batch_sum(np.asarray(y_true), y_pred) / len(y_pred)
+        y_pred = inputs.array(y_pred)
+        return self.batch_sum(inputs.array(y_true), y_pred) / len(y_pred)
 
     def __repr__(self) -> str:
         return self.name

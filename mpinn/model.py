@@ -152,7 +152,7 @@ class Sequential:
             )
         for (layer, key), value in zip(slots, weights, strict=True):
             target = layer.values[key]
-            value = np.asarray(value)
+            value = inputs.array(value)
             if value.shape != target.shape:
                 raise ConfigError(
                     f"set_weights: {layer.name}/{key} has shape {target.shape}, "

@@ -110,3 +110,85 @@ def test_a_checkpoint_continues_on_another_backend(tmp_path):
             model.fit(x, y, batch_size=64, epochs=3, initial_epoch=2, verbose=0)
         for a, b in zip(moved.get_weights(), staying.get_weights(), strict=True):
             np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+# --------------------------------------------- device memory discipline, without a GPU
+def strict_model(layers, loss, optimizer="adam", metrics=("accuracy",), dtype="float32"):
+    from strict_device import StrictDeviceBackend
+
+    model = Sequential(layers, seed=1, dtype=dtype, backend=StrictDeviceBackend())
+    model.compile(optimizer, loss, metrics=list(metrics))
+    return model
+
+
+def strict_cases():
+    rng = np.random.default_rng(0)
+    classes = rng.integers(0, 3, 64)
+    one_hot = np.eye(3, dtype=np.float32)[classes]
+    binary = (rng.random((64, 1)) > 0.5).astype(np.float32)
+    regression = rng.normal(size=(64, 2)).astype(np.float32)
+    losses = mpinn.losses
+    return {
+        "sparse, softmax": ([Dense(8, "relu"), Dense(3, "softmax")],
+                            "sparse_categorical_crossentropy", classes, {}),
+        "sparse, logits": ([Dense(8, "tanh"), Dense(3)],
+                           losses.SparseCategoricalCrossentropy(from_logits=True), classes, {}),
+        "sparse, sigmoid": ([Dense(8, "gelu"), Dense(3, "sigmoid")],
+                            "sparse_categorical_crossentropy", classes, {}),
+        "categorical, dropout": ([Dense(8, "elu"), mpinn.Dropout(0.3), Dense(3, "softmax")],
+                                 "categorical_crossentropy", one_hot, {"optimizer": "rmsprop"}),
+        "categorical, activation layer": (
+            [Dense(8, "leaky_relu"), Dense(3), mpinn.Activation("softmax")],
+            "categorical_crossentropy", one_hot,
+            {"optimizer": mpinn.SGD(0.1, momentum=0.9, nesterov=True)}),
+        "binary, sigmoid": ([Dense(8, "relu"), Dense(1, "sigmoid")], "binary_crossentropy",
+                            binary, {"optimizer": mpinn.AdamW(global_clipnorm=1.0)}),
+        "binary, logits": ([Dense(8, "relu"), Dense(1)],
+                           losses.BinaryCrossentropy(from_logits=True), binary,
+                           {"optimizer": "adagrad"}),
+        "mse, regularized": ([Dense(8, "relu", kernel_regularizer=mpinn.regularizers.L1L2(
+            1e-3, 1e-3), bias_regularizer="l2"), Dense(2)], "mse", regression,
+            {"metrics": ("mse", "mae")}),
+        "mae, float64": ([Dense(8, "sigmoid"), Dense(2, use_bias=False)], "mae", regression,
+                         {"metrics": ("mae",), "dtype": "float64"}),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(strict_cases()))
+def test_training_never_mixes_host_and_device_memory(case, tmp_path):
+    layers, loss, y, options = strict_cases()[case]
+    x = np.random.default_rng(1).normal(size=(64, 5)).astype(np.float32)
+    model = strict_model(layers, loss, **options)
+    history = model.fit(x, y, batch_size=16, epochs=2, verbose=0, validation_split=0.25)
+    assert np.isfinite(history.history["val_loss"]).all()
+    model.evaluate(x, y, batch_size=16)
+    assert isinstance(model.predict(x, batch_size=16), np.ndarray)
+    model.train_on_batch(x[:8], y[:8])
+    model.save(tmp_path / "model.h5")
+    mpinn.checkpoint.restore(model, mpinn.checkpoint.read(tmp_path / "model.h5"))
+    device = model.backend
+    model.fit(device.asarray(x), device.asarray(y), batch_size=16, epochs=1, verbose=0)
+
+
+def test_the_strict_stand_in_catches_mixing():
+    from strict_device import StrictDeviceBackend
+
+    device = StrictDeviceBackend()
+    on_device = device.asarray(np.ones(3))
+    with pytest.raises(TypeError, match="mixed with device arrays"):
+        on_device + np.ones(3)
+    with pytest.raises(TypeError, match="Implicit conversion"):
+        np.asarray(on_device)
+    with pytest.raises(TypeError, match="CuPy has no take"):
+        np.take(on_device, device.asarray(np.array([0])), mode="clip")
+
+
+def test_a_loss_called_directly_takes_device_arrays():
+    from strict_device import StrictDeviceBackend
+
+    device = StrictDeviceBackend()
+    probabilities = np.random.default_rng(2).dirichlet(np.ones(4), size=6)
+    labels = np.arange(6) % 4
+    loss = mpinn.losses.get("sparse_categorical_crossentropy")
+    expected = loss(labels, probabilities)
+    assert loss(device.asarray(labels), device.asarray(probabilities)) == pytest.approx(expected)
