@@ -10,7 +10,7 @@ stage=${1:-all}
 status=0
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
-mpinn info | tee -a "$out/gpu.txt"
+timeout 120 mpirun -n 2 mpinn info 2>&1 | tee -a "$out/gpu.txt"
 
 if [[ $stage == tests || $stage == all ]]; then
     # every test, the cupy parametrizations and the NumPy-vs-CuPy comparisons included

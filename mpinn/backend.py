@@ -30,6 +30,11 @@ class Backend:
         """Before any array is made: pick this process's device from its rank among the
         job's processes on the same node (several ranks may share a device)."""
 
+    def describe(self) -> str:
+        """The library and device this process computes on, for `mpinn info` ("" if
+        nothing to add)."""
+        return ""
+
     def asarray(self, array, dtype=None):
         """`array` (host memory) as an array of this backend."""
         raise NotImplementedError

@@ -8,7 +8,8 @@ import sys
 import click
 
 from . import __version__, plugins
-from .backend import installed_backends
+from .backend import get_backend, installed_backends
+from .dist.comm import MPIComm, world
 from .errors import MpinnError
 
 
@@ -61,7 +62,6 @@ def info():
     import mpi4py
     import numpy
 
-    from .dist.comm import world
 
     click.echo(f"mpinn {__version__}, Python {platform.python_version()} on "
                f"{platform.node()} ({platform.machine()})")
@@ -70,14 +70,28 @@ def info():
         comm = world()
         click.echo(f"MPI: {comm.library}; rank {comm.rank} of {comm.size}")
     except MpinnError as exc:
+        comm = None
         click.echo(f"MPI: unavailable: {exc}")
     for name, reason in installed_backends().items():
-        click.echo(f"backend {name}: {f'unavailable: {reason}' if reason else 'available'}")
+        click.echo(f"backend {name}: "
+                   + (f"unavailable: {reason}" if reason else backend_line(name, comm)))
     click.echo(f"strategies: {', '.join(sorted(plugins.available(plugins.STRATEGIES)))}")
     slurm = [f"{key}={os.environ[key]}" for key in SLURM_VARIABLES if key in os.environ]
     click.echo(f"Slurm: {' '.join(slurm) if slurm else 'not in a Slurm job'}")
     for line in blas_lines():
         click.echo(line)
+
+
+def backend_line(name: str, comm) -> str:
+    """An available backend on the device this rank would train on, and whether MPI
+    reaches that device's memory."""
+    backend = get_backend(name)
+    backend.select_device(comm.local_rank if comm else 0)
+    parts = ["available", backend.describe()]
+    if backend.device and isinstance(comm, MPIComm):
+        route = "directly" if comm.reaches(backend.device) else "through host buffers"
+        parts.append(f"{backend.device} arrays reach MPI {route}")
+    return "; ".join(part for part in parts if part)
 
 
 SLURM_VARIABLES = ("SLURM_JOB_ID", "SLURM_JOB_NAME", "SLURM_JOB_NODELIST", "SLURM_NNODES",

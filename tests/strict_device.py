@@ -19,7 +19,7 @@ def _host(value, where: str):
     """The NumPy array inside a DeviceArray; a bare NumPy array here is a mixing error."""
     if isinstance(value, DeviceArray):
         return value.host
-    if isinstance(value, np.ndarray) and value.ndim > 0:
+    if isinstance(value, np.ndarray):
         raise TypeError(f"{where}: a numpy.ndarray {value.shape} mixed with device arrays")
     return value
 

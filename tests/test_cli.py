@@ -45,6 +45,32 @@ def test_info_reports_versions_mpi_backends_and_blas(runner):
         assert fragment in result.output
 
 
+def test_info_describes_each_backend_that_can_run(runner, backend):
+    result = runner.invoke(cli, ["info"])
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines()
+                if line.startswith(f"backend {backend}: "))
+    assert line.startswith(f"backend {backend}: available")
+    if backend == "cupy":
+        assert "GPU 0 of " in line and "CUDA driver " in line and "cuda arrays reach MPI" in line
+
+
+@pytest.mark.parametrize("setting, route", [("1", "directly"), ("0", "through host buffers")])
+def test_info_says_how_device_arrays_reach_mpi(runner, monkeypatch, setting, route):
+    from strict_device import StrictDeviceBackend
+
+    class Described(StrictDeviceBackend):
+        def describe(self):
+            return "a stand-in device"
+
+    monkeypatch.setattr("mpinn.cli.get_backend", lambda name: Described())
+    monkeypatch.setenv("MPINN_GPU_AWARE_MPI", setting)
+    result = runner.invoke(cli, ["info"])
+    assert result.exit_code == 0, result.output
+    assert (f"backend numpy: available; a stand-in device; test-device arrays reach MPI "
+            f"{route}") in result.output
+
+
 def test_train_default_job_with_overrides(runner, tmp_path):
     result = runner.invoke(cli, ["train", "--set", "training.epochs=2",
                                  "--set", "logging.progress='lines'"])

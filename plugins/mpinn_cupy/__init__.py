@@ -20,10 +20,11 @@ INSTALL = ('pip install "mpinn[cupy]" (CUDA 13, NVIDIA driver >= 580) or '
 
 
 def _cupy_with_gpus():
-    """The cupy module and how many GPUs it sees; BackendUnavailable says what is missing."""
+    """The cupy and cupyx modules and how many GPUs CuPy sees; BackendUnavailable says
+    what is missing."""
     try:
         import cupy
-        import cupyx  # noqa: F401 - pinned host buffers
+        import cupyx
     except ImportError as exc:
         raise BackendUnavailable(f"CuPy is not installed ({exc}): {INSTALL}") from exc
     try:
@@ -40,7 +41,7 @@ def _cupy_with_gpus():
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         raise BackendUnavailable(f"CuPy {cupy.__version__} sees no NVIDIA GPU"
                                  + (f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible else ""))
-    return cupy, count
+    return cupy, cupyx, count
 
 
 class CupyBackend(Backend):
@@ -48,10 +49,19 @@ class CupyBackend(Backend):
     device = "cuda"
 
     def __init__(self):
-        self.xp, self.gpus = _cupy_with_gpus()
+        self.xp, self._cupyx, self.gpus = _cupy_with_gpus()
 
     def select_device(self, local_rank: int) -> None:
         self.xp.cuda.Device(local_rank % self.gpus).use()
+
+    def describe(self) -> str:
+        runtime = self.xp.cuda.runtime
+        index = self.xp.cuda.Device().id
+        device = runtime.getDeviceProperties(index)
+        driver = runtime.driverGetVersion()
+        return (f"CuPy {self.xp.__version__}, GPU {index} of {self.gpus}: "
+                f"{device['name'].decode()} ({device['totalGlobalMem'] / 2**30:.0f} GiB), "
+                f"CUDA driver {driver // 1000}.{driver % 1000 // 10}")
 
     def asarray(self, array, dtype=None):
         return self.xp.asarray(array, dtype=dtype)
@@ -60,9 +70,7 @@ class CupyBackend(Backend):
         return self.xp.asnumpy(array)
 
     def host_empty(self, shape, dtype) -> np.ndarray:
-        import cupyx
-
-        return cupyx.empty_pinned(shape, dtype=dtype)
+        return self._cupyx.empty_pinned(shape, dtype=dtype)
 
     def to_host(self, array, out: np.ndarray) -> None:
         array.get(out=out)  # waits for the copy

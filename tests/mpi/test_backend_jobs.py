@@ -1,5 +1,6 @@
 """Backends on real MPI: device arrays staged through host buffers, and the cupy backend's
-job (trained on a GPU machine; a one-line exit 2 on every rank elsewhere)."""
+jobs, allreduce and ps (trained on a GPU machine; a one-line exit 2 on every rank
+elsewhere)."""
 
 import json
 import os
@@ -84,13 +85,15 @@ def test_a_bad_gpu_aware_setting_exits_2_on_every_rank(launch):
 
 
 @pytest.mark.timeout(300)
-def test_the_default_job_on_two_ranks_with_the_cupy_backend(tmp_path, launch):
+@pytest.mark.parametrize("strategy, ranks", [("allreduce", 2), ("ps", 3)])
+def test_the_default_job_with_the_cupy_backend(tmp_path, launch, strategy, ranks):
     reason = installed_backends()["cupy"]
-    run = launch(2, "train", "--quiet", "--set", "model.backend=cupy",
+    run = launch(ranks, "train", "--quiet", "--set", "model.backend=cupy",
+                 "--set", f"strategy.name={strategy}",
                  "--set", f"run.directory={tmp_path / 'run'}")
     if reason:  # no CuPy or no GPU here: every rank says which, in one line
         assert run.returncode == 2
-        assert run.stderr.count(f"model.backend = 'cupy': {reason}") == 2, run.stderr
+        assert run.stderr.count(f"model.backend = 'cupy': {reason}") == ranks, run.stderr
         assert 'pip install "mpinn[cupy]"' in reason or "GPU" in reason
         return
     assert run.returncode == 0, run.stderr
