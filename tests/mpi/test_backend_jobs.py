@@ -1,6 +1,6 @@
 """Backends on real MPI: device arrays staged through host buffers, and the cupy backend's
-jobs, allreduce and ps (trained on a GPU machine; a one-line exit 2 on every rank
-elsewhere)."""
+jobs, allreduce and ps, and runs resumed on the other backend (trained on a GPU machine;
+a one-line exit 2 on every rank elsewhere)."""
 
 import json
 import os
@@ -9,9 +9,11 @@ import sys
 
 import pytest
 
+from mpinn import checkpoint
 from mpinn.backend import installed_backends
 
 from .conftest import MPIEXEC
+from .test_checkpoint_jobs import losses, write_job
 
 STAGING_SCRIPT = """
 import sys
@@ -100,3 +102,23 @@ def test_the_default_job_with_the_cupy_backend(tmp_path, launch, strategy, ranks
     log = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     epochs = [record for record in map(json.loads, log) if "val_accuracy" in record]
     assert epochs[-1]["val_accuracy"] > 0.95
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("first, then", [("cupy", "numpy"), ("numpy", "cupy")])
+def test_a_run_resumes_on_the_other_backend(tmp_path, launch, first, then):
+    reason = installed_backends()["cupy"]
+    if reason:
+        pytest.skip(f"backend 'cupy' cannot run here: {reason}")
+    directory = write_job(tmp_path, "run", 6)
+    started = launch(2, "train", "run.toml", "-q", "--set", "training.epochs=3",
+                     "--set", f"model.backend={first}")
+    assert started.returncode == 0, started.stderr
+    before = losses(directory)
+    resumed = launch(2, "train", "run.toml", "-q", "--resume", "auto",
+                     "--set", f"model.backend={then}")
+    assert resumed.returncode == 0, resumed.stderr
+    after = losses(directory)[len(before):]
+    assert len(before) == 3 and len(after) == 3
+    assert after[0] < before[-1] * 1.1 and after[-1] < before[-1]
+    assert checkpoint.read(directory / "final.h5").attrs["backend"] == then
