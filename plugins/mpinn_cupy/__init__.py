@@ -41,7 +41,26 @@ def _cupy_with_gpus():
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         raise BackendUnavailable(f"CuPy {cupy.__version__} sees no NVIDIA GPU"
                                  + (f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible else ""))
+    missing = _missing_cuda_libraries(cupy)
+    if missing:
+        raise BackendUnavailable(f"CuPy {cupy.__version__} cannot load {', '.join(missing)} "
+                                 f"(CUDA libraries it needs): {INSTALL} brings them, or load "
+                                 "your site's CUDA toolkit (e.g. `module load cuda`)")
     return cupy, cupyx, count
+
+
+def _missing_cuda_libraries(cupy) -> list[str]:
+    """The CUDA libraries training needs that CuPy cannot load: its wheels leave them to
+    the CUDA toolkit, or to the nvidia-* wheels of CuPy's [ctk] extra."""
+    loaders = {"cuBLAS": lambda: cupy.cuda.cublas, "cuRAND": lambda: cupy.cuda.curand,
+               "NVRTC": cupy.cuda.nvrtc.getVersion}
+    missing = []
+    for name, load in loaders.items():
+        try:
+            load()
+        except Exception:  # noqa: BLE001 - ImportError or CuPy's own loader error
+            missing.append(name)
+    return missing
 
 
 class CupyBackend(Backend):
