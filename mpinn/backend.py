@@ -12,6 +12,7 @@ from functools import cache
 import numpy as np
 
 from . import plugins
+from .dist.comm import launched_local_rank
 from .errors import PluginError
 
 
@@ -27,8 +28,10 @@ class Backend:
     device: "str | None" = None  # memory the arrays live in: None for host, e.g. "cuda"
 
     def select_device(self, local_rank: int) -> None:
-        """Before any array is made: pick this process's device from its rank among the
-        job's processes on the same node (several ranks may share a device)."""
+        """Pick this process's device from its rank among the job's processes on the same
+        node (several ranks may share a device). Called when the backend is loaded, with
+        the launcher's local rank, and again by `mpinn train` with MPI's, before any
+        array is made."""
 
     def describe(self) -> str:
         """The library and device this process computes on, for `mpinn info` ("" if
@@ -83,13 +86,15 @@ class BackendUnavailable(PluginError):
 
 @cache
 def get_backend(name: str = "numpy") -> Backend:
-    """The backend registered as `name`, instantiated once per process."""
+    """The backend registered as `name`, instantiated once per process, on the device its
+    launcher's local rank gives it (so that scripts under mpirun spread over the GPUs)."""
     backend_class = plugins.load(plugins.BACKENDS, name)
     backend = backend_class()
     if not isinstance(backend, Backend):
         raise PluginError(
             f"backend plugin {name!r} gave {type(backend).__name__}, not an mpinn.Backend"
         )
+    backend.select_device(launched_local_rank())
     return backend
 
 

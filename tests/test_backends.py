@@ -56,6 +56,31 @@ def test_random_state_round_trips_through_json(backend):
     assert not np.array_equal(b.to_numpy(other.random((64, 8), dtype=np.float32)), first)
 
 
+@pytest.mark.parametrize("variables, expected", [
+    ({}, 0), ({"SLURM_LOCALID": "2"}, 2), ({"MPI_LOCALRANKID": "3", "SLURM_LOCALID": "0"}, 3),
+    ({"OMPI_COMM_WORLD_LOCAL_RANK": "1"}, 1),
+])
+def test_a_backend_starts_on_the_device_its_launcher_gives_it(monkeypatch, variables, expected):
+    from mpinn_numpy import NumpyBackend
+
+    from mpinn import plugins
+    from mpinn.dist.comm import LAUNCHER_LOCAL_RANK_VARIABLES
+
+    chosen = []
+
+    class Recording(NumpyBackend):
+        def select_device(self, local_rank):
+            chosen.append(local_rank)
+
+    for name in LAUNCHER_LOCAL_RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(plugins, "load", lambda group, name: Recording)
+    get_backend.__wrapped__("recording")  # uncached: a fresh load
+    assert chosen == [expected]
+
+
 def test_a_backend_that_cannot_run_says_why_in_one_line():
     missing = [name for name, reason in installed_backends().items() if reason]
     if not missing:

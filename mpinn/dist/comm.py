@@ -11,6 +11,9 @@ from ..errors import MpinnError
 # set by the launchers we know: MPICH/Hydra and PMI, Open MPI, PMIx, Slurm's srun
 LAUNCHER_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE",
                            "SLURM_STEP_NUM_TASKS")
+# a process's index among the job's processes on its node: MPICH/Hydra, Open MPI, srun
+LAUNCHER_LOCAL_RANK_VARIABLES = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK",
+                                 "SLURM_LOCALID")
 # "1" or "0": whether MPI reads and writes GPU memory, for libraries that do not say
 GPU_AWARE_VARIABLE = "MPINN_GPU_AWARE_MPI"
 
@@ -114,6 +117,15 @@ def launched_size() -> int:
         if os.environ.get(name, "").isdigit():
             return int(os.environ[name])
     return 1
+
+
+def launched_local_rank() -> int:
+    """This process's index on its node as its launcher announced it (0 when none did);
+    `Comm.local_rank` is MPI's own answer, once MPI is up."""
+    for name in LAUNCHER_LOCAL_RANK_VARIABLES:
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
 
 
 def world() -> Comm:

@@ -80,6 +80,24 @@ def test_device_arrays_cross_mpi_through_one_reused_host_buffer(tmp_path, mode, 
 
 
 @pytest.mark.timeout(120)
+def test_the_launchers_local_rank_is_mpis(tmp_path):
+    """What a backend picks its device by when loaded (the launcher's word) agrees with
+    what `mpinn train` picks it by (MPI's)."""
+    if MPIEXEC is None:
+        pytest.skip("mpiexec is not installed (pip install -e '.[dev]')")
+    script = ("import sys\n"
+              "from mpinn.dist.comm import launched_local_rank, world\n"
+              "comm = world()\n"
+              "with open(f'{sys.argv[1]}/{comm.rank}', 'w') as out:\n"
+              "    out.write(f'{comm.local_rank} {launched_local_rank()}')\n")
+    run = subprocess.run([MPIEXEC, "-n", "3", sys.executable, "-c", script, str(tmp_path)],
+                         capture_output=True, text=True, timeout=100)
+    assert run.returncode == 0, run.stderr
+    seen = [(tmp_path / str(rank)).read_text() for rank in range(3)]
+    assert sorted(seen) == ["0 0", "1 1", "2 2"]
+
+
+@pytest.mark.timeout(120)
 def test_a_bad_gpu_aware_setting_exits_2_on_every_rank(launch):
     run = launch(2, "train", "--quiet", env={"MPINN_GPU_AWARE_MPI": "yes"})
     assert run.returncode == 2
