@@ -140,9 +140,11 @@ class SparseCategoricalCrossentropy(CategoricalCrossentropy):
     def logits_value_and_grad(self, y_true, logits, probs, grad_out):
         at_labels = _label_positions(y_true, probs.shape)
         picked = probs.reshape(-1).take(at_labels)  # reshape copies if not contiguous
-        if picked.min() <= np.finfo(picked.dtype).tiny:  # underflowed: log from the logits
-            return self._from_log_probs(y_true, _log_softmax(logits), probs, grad_out)
-        return _labels_loss_and_grad(np.log(picked), at_labels, probs, grad_out)
+        with np.errstate(divide="ignore"):
+            value = _labels_loss_and_grad(np.log(picked), at_labels, probs, grad_out)
+        if value == np.inf:  # a label's probability underflowed to 0: its log from the logits
+            value = -float(_log_softmax(logits).reshape(-1).take(at_labels).sum()) / len(probs)
+        return value
 
     def _from_log_probs(self, y_true, log_probs, probs, grad_out):
         at_labels = _label_positions(y_true, probs.shape)

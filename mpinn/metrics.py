@@ -10,14 +10,15 @@ from .errors import choose
 class Metric:
     name: str
 
-    def batch_sum(self, y_true, y_pred) -> float:
-        """Sum of the per-sample metric over the batch."""
+    def batch_sum(self, y_true, y_pred):
+        """Sum of the per-sample metric over the batch, as a 0-d array of the batch's
+        backend: `fit` adds these up on the device and reads the total once."""
         raise NotImplementedError
 
     def __call__(self, y_true, y_pred) -> float:
         """The batch mean (Keras-style `metric(y_true, y_pred)`)."""
         y_pred = inputs.array(y_pred)
-        return self.batch_sum(inputs.array(y_true), y_pred) / len(y_pred)
+        return float(self.batch_sum(inputs.array(y_true), y_pred)) / len(y_pred)
 
     def __repr__(self) -> str:
         return self.name
@@ -31,35 +32,35 @@ class BinaryAccuracy(Metric):
 
     def batch_sum(self, y_true, y_pred):
         hits = (y_pred > self.threshold) == (y_true > 0.5)
-        return float(hits.mean(axis=-1).sum())
+        return hits.mean(axis=-1).sum()
 
 
 class CategoricalAccuracy(Metric):
     name = "accuracy"
 
     def batch_sum(self, y_true, y_pred):
-        return float((y_pred.argmax(axis=-1) == y_true.argmax(axis=-1)).sum())
+        return (y_pred.argmax(axis=-1) == y_true.argmax(axis=-1)).sum()
 
 
 class SparseCategoricalAccuracy(Metric):
     name = "accuracy"
 
     def batch_sum(self, y_true, y_pred):
-        return float((y_pred.argmax(axis=-1) == y_true.reshape(-1)).sum())
+        return (y_pred.argmax(axis=-1) == y_true.reshape(-1)).sum()
 
 
 class MeanSquaredError(Metric):
     name = "mse"
 
     def batch_sum(self, y_true, y_pred):
-        return float(((y_pred - y_true) ** 2).mean(axis=-1).sum())
+        return ((y_pred - y_true) ** 2).mean(axis=-1).sum()
 
 
 class MeanAbsoluteError(Metric):
     name = "mae"
 
     def batch_sum(self, y_true, y_pred):
-        return float(np.abs(y_pred - y_true).mean(axis=-1).sum())
+        return np.abs(y_pred - y_true).mean(axis=-1).sum()
 
 
 METRICS = ("accuracy", "acc", "mse", "mae")

@@ -206,7 +206,8 @@ class Sequential:
             loss = self.loss.logits_value_and_grad(y, self.layers[-1].logits, out, grad)
         else:
             loss = self.loss.value_and_grad(y, out, grad)
-        loss += sum(reg.loss(weights) for reg, weights, _ in self._penalties)
+        if self._penalties:
+            loss += float(sum(reg.loss(weights) for reg, weights, _ in self._penalties))
         return loss, out, grad
 
     def compute_gradients(self, x, y, scale: float = 1.0):
@@ -414,7 +415,8 @@ class _Sums:
         self.metrics = metric_list
         self.samples = 0
         self.loss = 0.0
-        self.totals = [0.0] * len(metric_list)
+        # float64 device scalars: the batch sums add up where they are computed
+        self.totals = [np.float64(0)] * len(metric_list)
 
     def add(self, loss, out, y):
         n = len(out)
@@ -430,7 +432,8 @@ class _Sums:
         """Means over every rank's samples (exact, whatever the shard sizes)."""
         if strategy.size == 1:
             return self.means()
-        samples, loss, *totals = strategy.reduce([self.samples, self.loss, *self.totals])
+        samples, loss, *totals = strategy.reduce([self.samples, self.loss,
+                                                  *map(float, self.totals)])
         return self._logs(samples, loss, totals)
 
     def _logs(self, samples, loss, totals) -> dict:

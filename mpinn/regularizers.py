@@ -13,12 +13,14 @@ class Regularizer:
         self.l1 = positive_number(owner, "l1", l1, allow_zero=True)
         self.l2 = positive_number(owner, "l2", l2, allow_zero=True)
 
-    def loss(self, weights) -> float:
-        total = 0.0
+    def loss(self, weights):
+        """The penalty, as a float64 0-d array on the weights' backend (the model adds up
+        all penalties there and reads the total once per step)."""
+        total = np.float64(0)
         if self.l1:
-            total += self.l1 * float(np.abs(weights).sum())
+            total = total + self.l1 * np.abs(weights).sum().astype(np.float64)
         if self.l2:
-            total += self.l2 * float(np.vdot(weights, weights))
+            total = total + self.l2 * np.vdot(weights, weights).astype(np.float64)
         return total
 
     def add_gradient(self, weights, grad, scale: float = 1.0) -> None:

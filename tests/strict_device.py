@@ -25,6 +25,9 @@ def _host(value, where: str):
 
 
 def _device(value):
+    """A NumPy result as the device array CuPy would give: scalars as 0-d arrays too."""
+    if isinstance(value, np.generic):
+        value = np.asarray(value)
     return DeviceArray(value) if isinstance(value, np.ndarray) else value
 
 

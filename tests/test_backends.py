@@ -195,6 +195,31 @@ def test_training_never_mixes_host_and_device_memory(case, tmp_path):
     model.fit(device.asarray(x), device.asarray(y), batch_size=16, epochs=1, verbose=0)
 
 
+@pytest.mark.parametrize("case", sorted(strict_cases()))
+def test_a_training_step_reads_the_device_once(case, monkeypatch):
+    """Each host read of a device number stalls the GPU until its queue drains: a step
+    reads its loss (with the weight penalties, if any, in one more read; a clipped
+    optimizer also reads the gradient norm), and an epoch each metric's total once."""
+    from strict_device import DeviceArray
+
+    reads = []
+    for conversion in ("__float__", "__bool__", "__int__"):
+        original = getattr(DeviceArray, conversion)
+        monkeypatch.setattr(DeviceArray, conversion,
+                            lambda self, original=original: reads.append(1) or original(self))
+    layers, loss, y, options = strict_cases()[case]
+    model = strict_model(layers, loss, **options)
+    x, y = model.backend.asarray(np.ones((64, 5), np.float32)), model.backend.asarray(y)
+    counts = []
+    for epochs in (1, 3):  # the difference leaves out what fit reads once, checking data
+        reads.clear()
+        model.fit(x, y, batch_size=16, epochs=epochs, verbose=0)
+        counts.append(len(reads))
+    per_step = 1 + bool(model._penalties) + any(
+        isinstance(t, mpinn.optim.base.ClipByGlobalNorm) for t in model.optimizer.transforms)
+    assert (counts[1] - counts[0]) / 2 == 4 * per_step + len(model.metrics)
+
+
 def test_the_strict_stand_in_catches_mixing():
     from strict_device import StrictDeviceBackend
 

@@ -232,6 +232,24 @@ def test_crossentropy_from_logits_is_stable_for_large_logits(name):
     assert np.isfinite(grad).all()
 
 
+def test_sparse_crossentropy_after_softmax_is_exact_when_a_label_probability_underflows():
+    """The model's fused path (probabilities already computed): log p of an underflowed
+    label comes from the logits, and the gradient is p - onehot either way."""
+    z = np.array([[-1000.0, 0.3, 1000.0], [800.0, -800.0, -2.0], [1.0, 2.0, 3.0]])
+    y = np.array([0, 1, 2])
+    probs = np.exp(z - z.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    assert probs[0, 0] == 0 and probs[1, 1] == 0
+    grad = np.empty_like(z)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no divide-by-zero warning from log(0) either
+        value = LOSSES["sparse_categorical_crossentropy"]().logits_value_and_grad(
+            y, z, probs, grad)
+    assert value == pytest.approx(ref_loss("sparse_categorical_crossentropy", y, z, True),
+                                  rel=1e-12)
+    np.testing.assert_allclose(grad, (probs - np.eye(3)[y]) / 3, rtol=0, atol=1e-15)
+
+
 # --------------------------------------------------------------------- model helpers
 def numpy_forward(model, x, masks=None):
     """The model's output from its weights, computed here with the reference formulas."""
