@@ -170,10 +170,10 @@ def prepare(job: Job, comm: Comm, resume: "str | None" = None) -> Prepared:
     train, validation = load_data(job)
     model = build_model(job)
     strategy = load_strategy(job, comm)
-    x, y = model._checked(*train)  # checks the data against the model on every rank
+    # checked against the model on every rank, and kept in the model's dtype and memory
+    train = model._checked(*train)
     if validation is not None:
-        model._checked(*validation, "x_val", "y_val")
-    del x, y
+        validation = model._checked(*validation, "x_val", "y_val")
     directory = Path(job["run.directory"].format(name=job["run.name"]))
     prepared = Prepared(job, model, strategy, train, validation, directory)
     if strategy.name == "ps" and job["checkpoint.every_steps"]:
