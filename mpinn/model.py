@@ -1,5 +1,7 @@
 """Sequential: a stack of layers with Keras' compile / fit / evaluate / predict."""
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from . import callbacks as callbacks_module
@@ -355,7 +357,7 @@ class Sequential:
                 self.params.grad[...] = 0
             strategy.apply_gradients(self, high - low, stop - start)
             if batch_hooks:
-                logs = sums.means()
+                logs = _RunningMeans(sums)
                 for hook in batch_hooks:
                     hook.on_train_batch_end(step, logs)
 
@@ -442,6 +444,28 @@ class _Sums:
         for metric, total in zip(self.metrics, totals, strict=True):
             logs[metric.name] = float(total) / samples
         return logs
+
+
+class _RunningMeans(Mapping):
+    """A step's running epoch means for batch hooks, read from the device only when a
+    hook looks at them (a progress bar redraws a few times a second; most hooks never)."""
+
+    def __init__(self, sums: _Sums):
+        self._sums, self._means = sums, None
+
+    def _read(self) -> dict:
+        if self._means is None:
+            self._means = self._sums.means()
+        return self._means
+
+    def __getitem__(self, key):
+        return self._read()[key]
+
+    def __iter__(self):
+        return iter(self._read())
+
+    def __len__(self) -> int:
+        return len(self._read())
 
 
 def _verbosity(verbose) -> int:

@@ -195,8 +195,9 @@ def test_training_never_mixes_host_and_device_memory(case, tmp_path):
     model.fit(device.asarray(x), device.asarray(y), batch_size=16, epochs=1, verbose=0)
 
 
+@pytest.mark.parametrize("verbose", [0, 2])  # 2: progress lines, a batch hook as in the CLI
 @pytest.mark.parametrize("case", sorted(strict_cases()))
-def test_a_training_step_reads_the_device_once(case, monkeypatch):
+def test_a_training_step_reads_the_device_once(case, verbose, monkeypatch):
     """Each host read of a device number stalls the GPU until its queue drains: a step
     reads its loss (with the weight penalties, if any, in one more read; a clipped
     optimizer also reads the gradient norm), and an epoch each metric's total once."""
@@ -213,7 +214,7 @@ def test_a_training_step_reads_the_device_once(case, monkeypatch):
     counts = []
     for epochs in (1, 3):  # the difference leaves out what fit reads once, checking data
         reads.clear()
-        model.fit(x, y, batch_size=16, epochs=epochs, verbose=0)
+        model.fit(x, y, batch_size=16, epochs=epochs, verbose=verbose)
         counts.append(len(reads))
     per_step = 1 + bool(model._penalties) + any(
         isinstance(t, mpinn.optim.base.ClipByGlobalNorm) for t in model.optimizer.transforms)

@@ -177,6 +177,22 @@ def test_learning_rate_schedule_drives_optimizer():
     assert optimizer.learning_rate(optimizer.iterations) == pytest.approx(0.0125)
 
 
+def test_batch_hooks_see_the_running_epoch_means():
+    x, y = make_blobs(samples=64, centers=2, features=3)
+    model = Sequential([Dense(2, activation="softmax", input_shape=(3,))], seed=0)
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    seen = []
+
+    class Recorder(mpinn.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(dict(logs))
+
+    history = model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[Recorder()])
+    assert [sorted(logs) for logs in seen] == [["accuracy", "loss"]] * 4
+    assert seen[-1] == pytest.approx({key: values[-1]
+                                      for key, values in history.history.items()})
+
+
 def test_verbose_modes_print_progress(capsys):
     x, y = make_blobs(samples=64, centers=2, features=3)
     model = Sequential([Dense(2, activation="softmax", input_shape=(3,))], seed=0)
