@@ -62,7 +62,6 @@ def info():
     import mpi4py
     import numpy
 
-
     click.echo(f"mpinn {__version__}, Python {platform.python_version()} on "
                f"{platform.node()} ({platform.machine()})")
     click.echo(f"numpy {numpy.__version__}, mpi4py {mpi4py.__version__}")
@@ -85,8 +84,9 @@ def info():
 def backend_line(name: str, comm) -> str:
     """An available backend on the device this rank would train on, and whether MPI
     reaches that device's memory."""
-    backend = get_backend(name)
-    backend.select_device(comm.local_rank if comm else 0)
+    backend = get_backend(name)  # on the launcher's local rank; MPI's, where MPI is up
+    if comm:
+        backend.select_device(comm.local_rank)
     parts = ["available", backend.describe()]
     if backend.device and isinstance(comm, MPIComm):
         route = "directly" if comm.reaches(backend.device) else "through host buffers"
