@@ -1,4 +1,5 @@
-"""The errors mpinn raises on bad input: each message names the bad value and its source."""
+"""The errors mpinn raises on purpose: each message names the bad value and its source, and
+each kind carries the exit code `mpinn train` ends with (docs/reliability.md lists them)."""
 
 import math
 import numbers
@@ -6,6 +7,8 @@ import numbers
 
 class MpinnError(Exception):
     """Base of every error mpinn raises on purpose."""
+
+    exit_code = 2  # bad input: a job, data, checkpoint or plugin mpinn cannot use
 
 
 class ConfigError(MpinnError, ValueError):
@@ -18,6 +21,19 @@ class PluginError(MpinnError, LookupError):
 
 class DataError(MpinnError, ValueError):
     """Input data does not fit the model or is malformed."""
+
+
+class NonFiniteError(MpinnError, ArithmeticError):
+    """A loss, gradient or parameter holds NaN or Inf: training diverged."""
+
+    exit_code = 3
+
+
+class StorageError(MpinnError, OSError):
+    """A file could not be written (disk full, read-only file system, I/O error); what
+    was saved before is intact."""
+
+    exit_code = 74  # EX_IOERR of sysexits.h
 
 
 def choose(kind: str, name: str, allowed) -> None:

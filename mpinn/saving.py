@@ -2,8 +2,10 @@
 and training setup, and how `load_model` rebuilds a model from any checkpoint."""
 
 import json
+import math
 
 from . import checkpoint, optim
+from .errors import DataError
 from .optim import schedules
 
 SCHEDULE_NAMES = {cls: name for name, cls in schedules.SCHEDULES.items()}
@@ -66,12 +68,22 @@ def load_model(path, backend: "str | None" = None):
     from .runner import build_model
 
     found = checkpoint.read(path)
+    if not found.attrs["config"].strip():
+        raise DataError(f"{path}: holds no job description (attribute 'config'), so the "
+                        "model cannot be rebuilt")
     overrides = [f"model.backend={json.dumps(backend)}"] if backend else []
     job = parse_job(found.attrs["config"], f"{path} (stored job)", overrides)
     model = build_model(job)
     shapes = found.shapes["params"]
     kernels = [shapes[f"{layer.name}/kernel"] for layer in model.layers
                if f"{layer.name}/kernel" in shapes]
-    model.build(kernels[0][0] if kernels else None)
+    input_dim = kernels[0][0] if kernels else model.input_dim
+    if input_dim is not None:  # before allocating: the stored job could ask for any size
+        planned = model.planned_parameters(input_dim)
+        stored = sum(math.prod(shape) for shape in shapes.values())
+        if planned != stored:
+            raise DataError(f"{path}: the stored job's model has {planned:,} parameters, "
+                            f"the stored tensors {stored:,}")
+    model.build(input_dim)
     checkpoint.restore(model, found)
     return model
