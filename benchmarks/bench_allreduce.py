@@ -178,9 +178,11 @@ def report(runs: dict[int, dict], names: list[str]) -> None:
                   f"| {efficiency} | {exchange} | {ratio} |")
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
+def drive(script: str, description: str, worker, report, repeats: int = 5) -> None:
+    """The command line of an MPI benchmark: `--worker` runs `worker(repeats, names)` in
+    a rank; otherwise launch the workers on each rank count and `report(runs, names)`."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--repeats", type=int, default=repeats)
     parser.add_argument("--ranks", default="1,2")
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -189,7 +191,7 @@ def main():
     if args.worker:
         worker(args.repeats, names)
         return
-    runs = {int(k): launch_workers(__file__, int(k), "--repeats", str(args.repeats),
+    runs = {int(k): launch_workers(script, int(k), "--repeats", str(args.repeats),
                                    "--workloads", ",".join(names))
             for k in args.ranks.split(",")}
     print(f"medians of {args.repeats} epochs each; 1 BLAS thread per rank")
@@ -199,4 +201,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    drive(__file__, __doc__.splitlines()[0], worker, report)

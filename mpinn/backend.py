@@ -79,6 +79,32 @@ class Backend:
         """Wait until queued device work is done (before MPI reads device memory)."""
         raise NotImplementedError
 
+    def memory_available(self) -> "int | None":
+        """Bytes this process's arrays could still take (None when unknown), so that a
+        model too large for the machine is refused before anything is allocated."""
+        return None
+
+
+def host_memory_available() -> "int | None":
+    """Bytes of host memory available: the kernel's MemAvailable, capped by this process's
+    cgroup limit (a Slurm job's allocation, a container); None where neither is known."""
+    found = []
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                          "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            found.append(int(open(limit).read()) - int(open(usage).read()))
+        except (OSError, ValueError):
+            continue
+        break
+    return min(found) if found else None
+
 
 class BackendUnavailable(PluginError):
     """A backend plugin is installed but cannot run here (its library or device is missing)."""

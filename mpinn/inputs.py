@@ -36,7 +36,7 @@ def features(x, input_dim: "int | None", name: str = "x", where: str = "the firs
         )
     if len(x) == 0:
         raise DataError(f"{name} holds no samples")
-    if not _all_finite(x):
+    if not all_finite(x):
         row = int(np.argwhere(~np.isfinite(x))[0][0])
         raise DataError(f"{name} holds NaN or Inf (first in sample {row})")
     return x
@@ -54,7 +54,7 @@ def targets(y, loss, units: int, output_layer: str, samples: int, name: str = "y
         )
     if y.dtype == object or not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
         raise DataError(f"{name} must hold numbers, got an array of dtype {y.dtype}")
-    if not _all_finite(y):
+    if not all_finite(y):
         raise DataError(f"{name} holds NaN or Inf")
     if loss.sparse:
         return _class_indices(y, units, output_layer, name)
@@ -77,9 +77,9 @@ def targets(y, loss, units: int, output_layer: str, samples: int, name: str = "y
     return y
 
 
-def _all_finite(array) -> bool:
-    """One pass, no temporary: a NaN or Inf anywhere makes the sum non-finite (an overflow
-    of the sum alone falls back to the element-wise check)."""
+def all_finite(array) -> bool:
+    """No NaN or Inf in `array`. One pass, no temporary: a NaN or Inf anywhere makes the
+    sum non-finite (an overflow of the sum alone falls back to the element-wise check)."""
     if not np.issubdtype(array.dtype, np.floating):
         return True
     return bool(np.isfinite(array.sum())) or bool(np.isfinite(array).all())

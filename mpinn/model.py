@@ -1,5 +1,6 @@
 """Sequential: a stack of layers with Keras' compile / fit / evaluate / predict."""
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -41,6 +42,9 @@ class Sequential:
         self._metric_specs: list = []
         self.stop_training = False
         self.history = None
+        # (epoch, steps done in it) that the parameters hold while fit runs; None between
+        # an epoch's last step and its record (validation), and while serving
+        self.position = None
         for layer in layers or []:
             self.add(layer)
 
@@ -56,6 +60,9 @@ class Sequential:
             layer.name = f"{layer.kind}_{count}"
         if layer.name in names:
             raise ConfigError(f"layer name {layer.name!r} is used twice in model {self.name!r}")
+        if not layer.name.isprintable() or not 0 < len(layer.name) <= 64 or "/" in layer.name:
+            raise ConfigError(f"layer name {layer.name!r}: use 1 to 64 printable characters "
+                              "without '/' (it names the layer's tensors in checkpoints)")
         self.layers.append(layer)
 
     @property
@@ -114,6 +121,15 @@ class Sequential:
         self.params = params
         if self.optimizer is not None:
             self._prepare_training()
+
+    def planned_parameters(self, input_dim: int) -> int:
+        """How many parameters `build(input_dim)` would allocate (allocating nothing)."""
+        count, width = 0, input_dim
+        for layer in self.layers:
+            shapes = layer.build(width, self.backend, self.dtype)
+            count += sum(math.prod(shape) for shape in shapes.values())
+            width = layer.output_dim
+        return count
 
     def count_params(self) -> int:
         self.build()
@@ -287,7 +303,8 @@ class Sequential:
         strategy.setup(self)
         given = [hook for hook in callbacks or [] if isinstance(hook, callbacks_module.History)]
         self.history = given[0] if given else callbacks_module.History()
-        hooks = [*([] if given else [self.history]), *(callbacks or [])]
+        # the History first: an epoch is on record before any hook may wait on another rank
+        hooks = [self.history, *(hook for hook in callbacks or [] if hook is not self.history)]
         if verbose:
             mode = "auto" if verbose == 1 else "lines"
             hooks.append(callbacks_module.ProgressLogger(mode, epochs, len(x), batch_size))
@@ -306,9 +323,13 @@ class Sequential:
             logs = self._train_epoch(x, y, batch_size, shuffle, epoch, batch_hooks, strategy,
                                      skip)
             if validation_data is not None:
+                strategy.at((epoch, "validation"))
                 val = self._evaluate_checked(*validation, batch_size, strategy)
                 logs.update({f"val_{key}": value for key, value in val.items()})
-            for hook in hooks:
+            strategy.at((epoch, "end"))
+            self.history.on_epoch_end(epoch, logs)
+            self.position = (epoch + 1, 0)
+            for hook in hooks[1:]:
                 hook.on_epoch_end(epoch, logs)
             if self.stop_training:
                 break
@@ -325,8 +346,10 @@ class Sequential:
     def _train_epoch(self, x, y, batch_size, shuffle, epoch, batch_hooks, strategy,
                      skip: int) -> dict:
         samples = len(x)
-        sums = _Sums(self.metrics)
+        sums = _Sums(self.metrics, self.optimizer.skip_nonfinite)
         if strategy.serves:
+            self.position = None
+            strategy.at((epoch, "serving"))
             strategy.serve_epoch(self, -(-samples // batch_size), batch_hooks)
         else:
             self._train_steps(x, y, batch_size, shuffle, epoch, batch_hooks, strategy, sums,
@@ -338,7 +361,10 @@ class Sequential:
                      sums, skip) -> None:
         samples = len(x)
         order = self.backend.asarray(self.epoch_order(samples, epoch)) if shuffle else None
+        steps = -(-samples // batch_size)
+        self.position = (epoch, skip) if strategy.lockstep else None
         for step, start in enumerate(range(skip * batch_size, samples, batch_size), skip):
+            strategy.at((epoch, step))
             stop = min(start + batch_size, samples)
             low, high = strategy.train_shard(stop - start)
             low, high = start + low, start + high
@@ -352,10 +378,14 @@ class Sequential:
                     yb = y[index]
                 scale = strategy.gradient_scale(high - low, stop - start)
                 loss, out = self.compute_gradients(xb, yb, scale)
+                if sums.skip_nonfinite and not math.isfinite(loss):
+                    self.params.grad[...] = math.nan  # so that every rank skips this step
                 sums.add(loss, out, yb)
             else:
                 self.params.grad[...] = 0
             strategy.apply_gradients(self, high - low, stop - start)
+            if strategy.lockstep:
+                self.position = (epoch, step + 1) if step + 1 < steps else None
             if batch_hooks:
                 logs = _RunningMeans(sums)
                 for hook in batch_hooks:
@@ -411,39 +441,53 @@ class Sequential:
 
 
 class _Sums:
-    """Sample-weighted running sums of the loss and metrics over an epoch."""
+    """Sample-weighted running sums of the loss and metrics over an epoch. With
+    `skip_nonfinite` (the optimizer skips such steps) a batch whose loss is NaN or Inf is
+    counted apart instead; an epoch of nothing but such batches has NaN figures."""
 
-    def __init__(self, metric_list):
-        self.metrics = metric_list
-        self.samples = 0
+    def __init__(self, metric_list, skip_nonfinite: bool = False):
+        self.metrics, self.skip_nonfinite = metric_list, skip_nonfinite
+        self.samples = self.skipped = 0
         self.loss = 0.0
         # float64 device scalars: the batch sums add up where they are computed
         self.totals = [np.float64(0)] * len(metric_list)
 
     def add(self, loss, out, y):
+        if self.skip_nonfinite and not math.isfinite(loss):
+            self.skipped += 1
+            return
         n = len(out)
         self.samples += n
         self.loss += loss * n
         for i, metric in enumerate(self.metrics):
             self.totals[i] += metric.batch_sum(y, out)
 
+    def mean_loss(self) -> float:
+        """The running mean loss, a host number (no device read)."""
+        return self._mean(self.samples, self.skipped, self.loss)
+
     def means(self) -> dict:
-        return self._logs(self.samples, self.loss, self.totals)
+        return self._logs(self.samples, self.skipped, self.loss, self.totals)
 
     def reduced(self, strategy) -> dict:
         """Means over every rank's samples (exact, whatever the shard sizes)."""
         if strategy.size == 1:
             return self.means()
-        samples, loss, *totals = strategy.reduce([self.samples, self.loss,
-                                                  *map(float, self.totals)])
-        return self._logs(samples, loss, totals)
+        samples, skipped, loss, *totals = strategy.reduce(
+            [self.samples, self.skipped, self.loss, *map(float, self.totals)])
+        return self._logs(samples, skipped, loss, totals)
 
-    def _logs(self, samples, loss, totals) -> dict:
-        samples = max(samples, 1)
-        logs = {"loss": float(loss) / samples}
+    def _logs(self, samples, skipped, loss, totals) -> dict:
+        logs = {"loss": self._mean(samples, skipped, loss)}
         for metric, total in zip(self.metrics, totals, strict=True):
-            logs[metric.name] = float(total) / samples
+            logs[metric.name] = self._mean(samples, skipped, total)
         return logs
+
+    @staticmethod
+    def _mean(samples, skipped, total) -> float:
+        if not samples:
+            return math.nan if skipped else 0.0
+        return float(total) / samples
 
 
 class _RunningMeans(Mapping):
@@ -459,6 +503,8 @@ class _RunningMeans(Mapping):
         return self._means
 
     def __getitem__(self, key):
+        if key == "loss" and self._means is None:
+            return self._sums.mean_loss()
         return self._read()[key]
 
     def __iter__(self):

@@ -1,12 +1,14 @@
 """The only module that imports mpi4py. `world()` gives an MPI communicator when an MPI
 library loads, and a world of one (LocalComm) where none does, so that one process
-trains without MPI installed or working."""
+trains without MPI installed or working. Every wait on another rank goes through
+`MPIComm._wait`, which a Watchdog watches (see watchdog.py)."""
 
 import os
 
 import numpy as np
 
 from ..errors import MpinnError
+from .watchdog import Watchdog
 
 # set by the launchers we know: MPICH/Hydra and PMI, Open MPI, PMIx, Slurm's srun
 LAUNCHER_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE",
@@ -24,7 +26,19 @@ class Comm:
     rank = 0
     size = 1
     local_rank = 0  # among the job's processes on this node
+    local_size = 1  # the job's processes on this node
     library = "none"
+    where = "setup"  # the run's place, for the watchdog's messages: a phrase or (epoch, step)
+    waited_seconds = 0.0  # time spent waiting for other ranks
+    watched = False  # whether a watchdog watches the waits
+
+    def __init__(self):
+        self.before_abort: list = []  # callables run before this rank ends the job
+
+    def watch(self, warn_seconds: float, abort_seconds: float, stop_signal=None) -> None:
+        """Warn about waits on other ranks longer than `warn_seconds` and end the job after
+        `abort_seconds` (0: never; both 0: wait in MPI's own blocking calls, unwatched).
+        `stop_signal()` gives the number of a stop signal received, or None."""
 
     def reaches(self, device: str) -> bool:
         """Whether MPI calls may be given buffers in `device` memory (e.g. "cuda")."""
@@ -33,12 +47,22 @@ class Comm:
     def allreduce_sum(self, buffer) -> None:
         """Sum `buffer` over all ranks, in place."""
 
+    def allreduce_max(self, buffer) -> None:
+        """Element-wise maximum of `buffer` over all ranks, in place."""
+
     def broadcast(self, buffer, root: int = 0) -> None:
         """Overwrite `buffer` on every rank with root's, in place."""
 
     def any(self, flag: bool) -> bool:
         """True on every rank if `flag` is true on any rank."""
         return bool(flag)
+
+    def allgather_bytes(self, data: bytes) -> list[bytes]:
+        """Every rank's `data`, in rank order."""
+        return [data]
+
+    def collect_status(self) -> None:
+        """Read the watchdog's status messages that arrived (keeps MPI's queue short)."""
 
     def send(self, buffer, dest: int, tag: int) -> None:
         raise NotImplementedError("point-to-point messages need an MPI world")
@@ -48,7 +72,13 @@ class Comm:
         raise NotImplementedError("point-to-point messages need an MPI world")
 
     def abort(self, code: int = 1) -> None:
-        """End every rank of the job now."""
+        """End every rank of the job now, after running `before_abort` (e.g. releasing a
+        lock)."""
+        for callback in self.before_abort:
+            callback()
+        self._end_job(code)
+
+    def _end_job(self, code: int) -> None:
         os._exit(code)
 
 
@@ -56,23 +86,51 @@ class LocalComm(Comm):
     """A world of one process."""
 
     def __init__(self, reason: str = "single process"):
+        super().__init__()
         self.library = f"none ({reason})"
 
 
 class MPIComm(Comm):
     def __init__(self, mpi):
+        super().__init__()
         self.MPI = mpi
         self.comm = mpi.COMM_WORLD.Dup()
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.library = mpi.Get_library_version().splitlines()[0].strip()
         self.status = mpi.Status()
         node = self.comm.Split_type(mpi.COMM_TYPE_SHARED)
-        self.local_rank = node.Get_rank()
+        self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
         node.Free()
         self.gpu_aware = os.environ.get(GPU_AWARE_VARIABLE, "").strip() or None
         if self.gpu_aware not in (None, "0", "1"):
             raise MpinnError(f"environment variable {GPU_AWARE_VARIABLE}="
                              f"{self.gpu_aware!r} must be 1 or 0")
+        self.watchdog = Watchdog(mpi, self.comm, abort=self.abort)
+
+    def watch(self, warn_seconds, abort_seconds, stop_signal=None):
+        if not (warn_seconds or abort_seconds):
+            self.watchdog = None
+            return
+        self.watchdog = Watchdog(self.MPI, self.comm, warn_seconds, abort_seconds,
+                                 stop_signal or (lambda: None), abort=self.abort)
+
+    def collect_status(self):
+        if self.watchdog is not None:
+            self.watchdog.collect()
+
+    @property
+    def watched(self):
+        return self.watchdog is not None
+
+    @property
+    def waited_seconds(self):
+        return self.watchdog.waited_seconds if self.watchdog else 0.0
+
+    def _wait(self, request, operation: str, status=None) -> None:
+        if self.watchdog is None:
+            request.Wait(status)
+        else:
+            self.watchdog.wait(request, operation, self.where, status)
 
     def reaches(self, device):
         """MPINN_GPU_AWARE_MPI when set, else what MPI 4.1's `mpi_memory_alloc_kinds` lists
@@ -88,27 +146,45 @@ class MPIComm(Comm):
                    for kind in kinds)
 
     def allreduce_sum(self, buffer):
-        self.comm.Allreduce(self.MPI.IN_PLACE, buffer, op=self.MPI.SUM)
+        self._wait(self.comm.Iallreduce(self.MPI.IN_PLACE, buffer, op=self.MPI.SUM),
+                   "allreduce")
 
     def broadcast(self, buffer, root=0):
-        self.comm.Bcast(buffer, root=root)
+        self._wait(self.comm.Ibcast(buffer, root=root), "broadcast")
+
+    def allreduce_max(self, buffer):
+        self._wait(self.comm.Iallreduce(self.MPI.IN_PLACE, buffer, op=self.MPI.MAX),
+                   "allreduce")
 
     def any(self, flag):
         buffer = np.array([int(bool(flag))], dtype=np.int32)
-        self.comm.Allreduce(self.MPI.IN_PLACE, buffer, op=self.MPI.MAX)
+        self.allreduce_max(buffer)
         return bool(buffer[0])
 
+    def allgather_bytes(self, data):
+        sizes = np.zeros(self.size, np.int64)
+        sizes[self.rank] = len(data)
+        self.allreduce_sum(sizes)
+        gathered = np.empty(int(sizes.sum()), np.uint8)
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        self._wait(self.comm.Iallgatherv(np.frombuffer(data, np.uint8),
+                                         [gathered, sizes, offsets, self.MPI.BYTE]),
+                   "allgather")
+        return [gathered[start:start + size].tobytes()
+                for start, size in zip(offsets, sizes, strict=True)]
+
     def send(self, buffer, dest, tag):
-        self.comm.Send(buffer, dest=dest, tag=tag)
+        self._wait(self.comm.Isend(buffer, dest=dest, tag=tag), "send")
 
     def recv(self, buffer, source=-1, tag=-1):
         source = self.MPI.ANY_SOURCE if source == -1 else source
         tag = self.MPI.ANY_TAG if tag == -1 else tag
-        self.comm.Recv(buffer, source=source, tag=tag, status=self.status)
+        self._wait(self.comm.Irecv(buffer, source=source, tag=tag), "receive", self.status)
         return self.status.Get_source()
 
-    def abort(self, code=1):
+    def _end_job(self, code):
         self.MPI.COMM_WORLD.Abort(code)
+        os._exit(code)  # MPI_Abort may return once it has told the launcher
 
 
 def launched_size() -> int:

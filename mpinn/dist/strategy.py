@@ -31,6 +31,11 @@ class Strategy:
     serves = False  # True on a rank that serves the others instead of training
     lockstep = True  # every rank sees the same step boundaries (batch hooks in step)
 
+    def at(self, where) -> None:
+        """The run's place: (epoch, step) counted from 0, (epoch, phase) or a phrase; the
+        watchdog names it when a wait on another rank is long."""
+        self.comm.where = where
+
     def shard(self, count: int) -> tuple[int, int]:
         """The [start, stop) part of `count` samples this rank evaluates: contiguous, sizes
         differing by at most one, possibly empty."""

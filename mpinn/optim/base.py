@@ -14,6 +14,7 @@ bias corrections and global-norm clipping add no passes of their own.
 import numpy as np
 
 from ..errors import positive_number
+from ..inputs import all_finite
 from . import schedules
 
 
@@ -74,7 +75,13 @@ class ClipByGlobalNorm(Transform):
 
 
 class Optimizer:
-    """Applies `params -= learning_rate(step) * chain(grad)`, in place, once per step."""
+    """Applies `params -= learning_rate(step) * chain(grad)`, in place, once per step.
+
+    With `skip_nonfinite` set, a step whose gradient holds NaN or Inf is not applied (the
+    state and step count stay as they were) and is counted in `skipped`; the check is a
+    pass over the gradient and one read of its sum."""
+
+    skip_nonfinite = False
 
     def __init__(self, transforms, learning_rate, global_clipnorm=None, weight_decay=None):
         self.learning_rate = schedules.get(learning_rate)
@@ -86,7 +93,7 @@ class Optimizer:
             decay = positive_number(type(self).__name__, "weight_decay", weight_decay)
             chain.append(AddDecayedWeights(decay))
         self.transforms = chain
-        self.iterations = 0
+        self.iterations = self.skipped = 0
         # the constructor's arguments, so that a saved model can be rebuilt
         self.config = {"global_clipnorm": global_clipnorm, "weight_decay": weight_decay}
 
@@ -100,6 +107,9 @@ class Optimizer:
         """One step; consumes `params.grad` as the update buffer. `lr_scale` multiplies
         this step's learning rate (the parameter server's staleness-aware rate)."""
         updates, scale = params.grad, 1.0
+        if self.skip_nonfinite and not all_finite(updates):
+            self.skipped += 1
+            return
         for transform in self.transforms:
             scale = transform.update(updates, params.data, self.iterations, scale)
         updates *= -self.learning_rate(self.iterations) * lr_scale * scale

@@ -112,6 +112,10 @@ class CupyBackend(Backend):
     def synchronize(self) -> None:
         self.xp.cuda.get_current_stream().synchronize()
 
+    def memory_available(self):
+        free, _ = self.xp.cuda.runtime.memGetInfo()  # on the current device
+        return free + self.xp.get_default_memory_pool().free_bytes()
+
 
 class DeviceRandom:
     """Uniform numbers from cuRAND's Philox generator, re-seeded for every draw from

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from mpinn.backend import Backend
+from mpinn.backend import Backend, host_memory_available
 
 
 class NumpyBackend(Backend):
@@ -31,3 +31,6 @@ class NumpyBackend(Backend):
 
     def synchronize(self) -> None:
         pass
+
+    def memory_available(self):
+        return host_memory_available()

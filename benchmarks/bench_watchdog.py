@@ -1,0 +1,99 @@
+"""The watchdog's cost: W1 and W2 trained as `mpinn train` trains them (the `allreduce`
+strategy, the per-step stop agreement, the per-epoch straggler report) with every wait
+watched, against the same code with the watchdog off (`watchdog.warn_seconds = 0` and
+`abort_seconds = 0`: MPI's own blocking waits). See benchmarks/README.md.
+
+    python benchmarks/bench_watchdog.py [--repeats N] [--ranks 1,2]
+
+Each worker trains one model per setting and alternates them epoch by epoch (A B, B A,
+...), in the same processes; rank 0 reports medians and the per-round paired ratio.
+"""
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_allreduce import drive, timed_epoch  # noqa: E402
+from bench_engine import (  # noqa: E402 - the shared workloads
+    WORKLOADS,
+    blas_description,
+    make_data,
+    mpinn_model,
+    paired_ratio,
+)
+
+SETTINGS = {"watched": (60.0, 600.0), "unwatched": (0.0, 0.0)}
+
+
+class CliLikeRunner:
+    """`fit` with the hooks `mpinn train` adds on every rank, on a communicator of its own
+    whose watchdog is set as `mpinn train` sets it from the job file."""
+
+    def __init__(self, sizes, batch, x, y, warn_seconds, abort_seconds):
+        from mpi4py import MPI
+        from mpinn_strategies.allreduce import AllreduceStrategy
+
+        from mpinn.dist.comm import MPIComm
+        from mpinn.stopping import StopAtStepBoundary, StopRequests
+        from mpinn.stragglers import StragglerReport
+
+        comm = MPIComm(MPI)
+        comm.watch(warn_seconds, abort_seconds)
+        self.model = mpinn_model(sizes)
+        self.strategy = AllreduceStrategy(comm)
+        steps = -(-len(x) // batch)
+        self.hooks = [StopAtStepBoundary(StopRequests(), comm, True, steps)]
+        if comm.watched and comm.size > 1:
+            self.hooks.insert(0, StragglerReport(comm))
+        self.batch, self.x, self.y = batch, x, y
+
+    def epoch(self):
+        self.model.fit(self.x, self.y, batch_size=self.batch, epochs=1, verbose=0,
+                       callbacks=self.hooks, strategy=self.strategy)
+
+
+def worker(repeats: int, names: list[str]) -> None:
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    results = {}
+    for name in names:
+        hidden, batch, samples = WORKLOADS[name]
+        x, y = make_data(samples)
+        runners = {key: CliLikeRunner((784, *hidden, 10), batch, x, y, *times)
+                   for key, times in SETTINGS.items()}
+        seconds = {key: [] for key in runners}
+        for runner in runners.values():  # warm-up
+            timed_epoch(comm, runner)
+        for round_ in range(repeats):
+            keys = list(runners) if round_ % 2 == 0 else list(reversed(runners))
+            for key in keys:
+                seconds[key].append(timed_epoch(comm, runners[key]))
+        results[name] = {
+            "samples_per_second": {k: samples / statistics.median(v) for k, v in seconds.items()},
+            "ratios_by_round": [off / on for on, off
+                                in zip(seconds["watched"], seconds["unwatched"], strict=True)],
+        }
+    if comm.Get_rank() == 0:
+        print(json.dumps({"ranks": comm.Get_size(), "results": results,
+                          "blas": blas_description()}))
+
+
+def report(runs: dict[int, dict], names: list[str]) -> None:
+    print("| workload | ranks | watched samples/s | unwatched samples/s | watched / unwatched "
+          "| paired by round (IQR) |")
+    print("|---|---|---|---|---|---|")
+    for name in names:
+        for ranks, run in sorted(runs.items()):
+            result = run["results"][name]
+            on, off = (result["samples_per_second"][k] for k in SETTINGS)
+            print(f"| {name} | {ranks} | {on:,.0f} | {off:,.0f} | {on / off:.3f} "
+                  f"| {paired_ratio(result['ratios_by_round'])} |")
+
+
+if __name__ == "__main__":
+    drive(__file__, __doc__.splitlines()[0], worker, report, repeats=9)
