@@ -1,6 +1,7 @@
 """Callbacks: hooks into `fit`, Keras-style (History, EarlyStopping, progress output)."""
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint
-from .errors import ConfigError, choose
+from .errors import ConfigError, MpinnError, StorageError, choose
 
 
 class Callback:
@@ -148,36 +149,57 @@ class ProgressLogger(_EpochClock):
 
 
 class MetricsLog(_EpochClock):
-    """Appends one JSON line per epoch (the logs, time and throughput) to `path`."""
+    """Appends one JSON line per epoch (the logs, time and throughput, `fields`, and what
+    each of `extras()` returns) to `path`. NaN and Inf are written as null: every line
+    is valid JSON."""
 
-    def __init__(self, path, samples: int, **fields):
+    def __init__(self, path, samples: int, extras=(), **fields):
         super().__init__(samples)
-        self.path, self.fields = Path(path), fields
+        self.path, self.fields, self.extras = Path(path), fields, list(extras)
 
     def on_epoch_end(self, epoch, logs=None):
         record = {"epoch": epoch + 1, **(logs or {}),
                   "seconds": round(self.training_seconds(), 4),
                   "samples_per_second": round(self.samples_per_second(), 1), **self.fields}
-        with self.path.open("a") as file:
-            file.write(json.dumps(record) + "\n")
+        for extra in self.extras:
+            record.update(extra())
+        try:
+            with self.path.open("a") as file:
+                file.write(json_line(record))
+        except OSError as exc:
+            raise StorageError(f"cannot write {self.path}: {exc.strerror}") from exc
+
+
+def json_line(record: dict) -> str:
+    """`record` as one line of strict JSON, with null for NaN and Inf."""
+    finite = {key: None if isinstance(value, float) and not math.isfinite(value) else value
+              for key, value in record.items()}
+    return json.dumps(finite, allow_nan=False) + "\n"
 
 
 class ModelCheckpoint(Callback):
     """Writes a checkpoint every `every_epochs` epochs and/or `every_steps` optimizer
-    steps, and at the end of training; keeps the newest `keep` (rank 0 only)."""
+    steps, and at the end of training; keeps the newest `keep` (rank 0 only).
+
+    A write that fails (a full disk, non-finite parameters) raises, or, with `on_error`,
+    is handed to it (so that every rank can stop together); the previous checkpoint
+    stays. `last` is the newest checkpoint written or found at the start."""
 
     def __init__(self, directory, every_epochs: int = 1, every_steps: int = 0,
-                 keep: int = 3, steps_per_epoch: int = 0, **attrs):
+                 keep: int = 3, steps_per_epoch: int = 0, on_error=None, **attrs):
         self.directory = Path(directory)
         self.every_epochs, self.every_steps, self.keep = every_epochs, every_steps, keep
         self.steps_per_epoch, self.attrs = steps_per_epoch, attrs
+        self.on_error = on_error
         self.written = None  # optimizer step of the last checkpoint
         self.epoch = 0
+        self.last: Path | None = None
 
     def on_train_begin(self, logs=None):
         self.directory.mkdir(parents=True, exist_ok=True)
         checkpoint.prune(self.directory, self.keep)  # stray temporary files of a crash
         self.written = self.model.optimizer.iterations  # nothing new to save yet
+        self.last = next(iter(checkpoint.list_checkpoints(self.directory)), None)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
@@ -189,7 +211,9 @@ class ModelCheckpoint(Callback):
             self.write(self.epoch, batch + 1)
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.every_epochs and (epoch + 1) % self.every_epochs == 0:
+        diverged = any(key.endswith("loss") and not math.isfinite(value)
+                       for key, value in (logs or {}).items())
+        if self.every_epochs and (epoch + 1) % self.every_epochs == 0 and not diverged:
             self.write(epoch + 1, 0)
 
     def on_train_end(self, logs=None):
@@ -197,9 +221,18 @@ class ModelCheckpoint(Callback):
             self.write(self.epoch + 1, 0)
 
     def write(self, epoch: int, step: int) -> None:
+        """A checkpoint at `step` steps into `epoch` (with the history of the epochs
+        before it)."""
         iterations = self.model.optimizer.iterations
-        checkpoint.save(checkpoint.checkpoint_path(self.directory, iterations), self.model,
-                        epoch=epoch, step=step, history=self.model.history.history,
-                        **self.attrs)
-        self.written = iterations
+        history = {key: values[:epoch] for key, values in self.model.history.history.items()}
+        path = checkpoint.checkpoint_path(self.directory, iterations)
+        try:
+            checkpoint.save(path, self.model, epoch=epoch, step=step, history=history,
+                            **self.attrs)
+        except MpinnError as error:
+            if self.on_error is None:
+                raise
+            self.on_error(error)
+            return
+        self.written, self.last = iterations, path
         checkpoint.prune(self.directory, self.keep)

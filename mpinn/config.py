@@ -6,6 +6,7 @@ the value. `--set key.path=value` overrides go through the same checks.
 """
 
 import copy
+import math
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
@@ -38,6 +39,7 @@ SCHEMA = {
         "loss": (str, ""),  # required to train; a stored model may have none
         "metrics": (list, []),
         "shuffle": (bool, True),
+        "on_nonfinite": (str, "stop", {"stop", "skip"}),
     },
     "strategy": {
         "name": (str, "allreduce"),
@@ -57,13 +59,18 @@ SCHEMA = {
         "progress": (str, "auto", {"auto", "bar", "lines", "none"}),
         "metrics_log": (str, "metrics.jsonl"),
     },
+    "watchdog": {
+        "warn_seconds": (float, 60.0),
+        "abort_seconds": (float, 600.0),
+    },
 }
 # Other keys in these sections are arguments of the dataset, optimizer or strategy they name;
 # the runner checks them against its signature.
 OPEN_SECTIONS = {"data", "optimizer", "strategy"}
 POSITIVE = {"training.epochs", "training.batch_size", "optimizer.learning_rate",
             "checkpoint.keep"}
-NOT_NEGATIVE = {"checkpoint.every_epochs", "checkpoint.every_steps"}
+NOT_NEGATIVE = {"checkpoint.every_epochs", "checkpoint.every_steps", "watchdog.warn_seconds",
+                "watchdog.abort_seconds"}
 TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
               list: "an array", dict: "a table"}
 
@@ -144,6 +151,8 @@ def _checked(source, path, value, spec):
         value, ok = float(value), True
     if not ok:
         raise ConfigError(f"{source}: {path} must be {TYPE_NAMES[kind]}, got {value!r}")
+    if kind is float and not math.isfinite(value):
+        raise ConfigError(f"{source}: {path} must be a finite number, got {value!r}")
     if allowed and value not in allowed[0]:
         raise ConfigError(f"{source}: {path} = {value!r} is not allowed; allowed: "
                           f"{', '.join(sorted(allowed[0]))}")

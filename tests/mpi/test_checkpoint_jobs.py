@@ -138,6 +138,5 @@ def test_a_damaged_checkpoint_exits_2_on_every_rank(tmp_path, launch):
     broken.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)  # an HDF5 signature, then nothing
     run = launch(2, "train", "run.toml", "--resume", str(broken))
     assert run.returncode == 2
-    for rank in (0, 1):
-        assert f"[rank {rank}/2" in run.stderr
-    assert run.stderr.count(f"{broken}: damaged checkpoint") == 2
+    assert run.stderr.count(f"{broken}: damaged checkpoint") == 1
+    assert len(run.stderr.splitlines()) == 1

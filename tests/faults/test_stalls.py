@@ -1,0 +1,124 @@
+"""A rank that stops (SIGSTOP: a dead NFS mount, a stuck driver) is named by the others
+within the warning time, and the job ends with exit 4 at the abort time, without burning
+CPU meanwhile; a stop signal during a stall ends the job within seconds, rank 0
+checkpointing the last step boundary when it can."""
+
+import json
+import os
+import platform
+import signal
+import time
+
+import pytest
+
+from mpinn import checkpoint
+
+from .conftest import cpu_seconds, write_job
+
+
+def first_checkpoint(directory, job, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not checkpoint.list_checkpoints(directory):
+        assert job.process.poll() is None, job.finish().stderr
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("ranks, stopped", [(2, 1), (4, 2)])
+def test_a_stopped_rank_is_named_then_the_job_ends_with_exit_4(tmp_path, launch, ranks,
+                                                               stopped):
+    directory = tmp_path / "run"
+    write_job(tmp_path / "job.toml", directory, warn=2, abort=6)
+    job = launch(ranks, "train", "job.toml", "-q")
+    first_checkpoint(directory, job)
+    waiting = job.rank_pid(0)
+    job_pid = job.rank_pid(stopped)
+    os.kill(job_pid, signal.SIGSTOP)
+    since = time.monotonic()
+    cpu_before = cpu_seconds(waiting)
+    time.sleep(4)
+    cpu_used = cpu_seconds(waiting) - cpu_before
+    job.finish(timeout=30)
+    assert job.returncode == 4, job.stderr
+    assert 5.5 < time.monotonic() - since < 12
+    assert f"still waiting for rank {stopped} after 2 s" in job.stderr
+    assert job.stderr.count("still waiting for") == 2  # at 2 and 4 s, from one rank
+    assert f"for rank {stopped}; ending the job (exit 4)" in job.stderr
+    assert cpu_used < 0.5  # of 4 s: the waiting rank sleeps between polls
+    assert checkpoint.latest_valid(directory) is not None
+
+
+def terminate_during_a_stall(tmp_path, launch, stalled: int):
+    """A 2-rank run with rank `stalled` stopped, then SIGTERM to mpiexec: the ended job,
+    and the seconds from the signal to its end."""
+    write_job(tmp_path / "job.toml", tmp_path / "run", warn=60, abort=600,
+              extra="\n[data]\nvalidation_split = 0.0\n")  # a stall in validation: no state
+    job = launch(2, "train", "job.toml", "-q")
+    first_checkpoint(tmp_path / "run", job)
+    os.kill(job.rank_pid(stalled), signal.SIGSTOP)
+    time.sleep(1)
+    sent = job.signal(signal.SIGTERM)
+    job.finish(timeout=30)
+    return job, time.monotonic() - sent
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_during_a_stall_checkpoints_on_rank_0_and_ends_within_seconds(tmp_path,
+                                                                              launch):
+    job, seconds = terminate_during_a_stall(tmp_path, launch, stalled=1)
+    assert job.returncode == 143, job.stderr
+    assert seconds < 8
+    assert "mpinn: stopped by SIGTERM while allreduce at epoch" in job.stderr
+    assert "waited" in job.stderr and "for rank 1; checkpoint" in job.stderr
+    newest = checkpoint.list_checkpoints(tmp_path / "run")[0]
+    assert f"checkpoint {newest} written, continue with --resume auto" in job.stderr
+    stopped = checkpoint.read(newest)
+    assert len(next(iter(stopped.history.values()), [])) == stopped.data["epoch"]
+
+    epochs = stopped.data["epoch"] + 1
+    resumed = launch(2, "train", "job.toml", "-q", "--resume", "auto",
+                     "--set", f"training.epochs={epochs}").finish()
+    assert resumed.returncode == 0, resumed.stderr
+    assert checkpoint.read(tmp_path / "run" / "final.h5").attrs["iterations"] == epochs * 113
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_with_rank_0_stalled_ends_the_job_from_another_rank(tmp_path, launch):
+    job, seconds = terminate_during_a_stall(tmp_path, launch, stalled=0)
+    assert job.returncode == 143, job.stderr
+    assert seconds < 12
+    assert "rank 0 did not respond, so no checkpoint was written" in job.stderr
+    assert checkpoint.latest_valid(tmp_path / "run") is not None
+
+
+@pytest.mark.timeout(120)
+def test_a_stopped_parameter_server_worker_is_named(tmp_path, launch):
+    directory = tmp_path / "run"
+    write_job(tmp_path / "job.toml", directory, warn=2, abort=5,
+              extra='\n[strategy]\nname = "ps"\nstaleness = 1\n')
+    job = launch(3, "train", "job.toml", "-q")
+    first_checkpoint(directory, job)
+    os.kill(job.rank_pid(2), signal.SIGSTOP)
+    job.finish(timeout=30)
+    assert job.returncode == 4, job.stderr
+    assert "still waiting for rank 2" in job.stderr
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="OpenBLAS's x86 kernel names")
+def test_the_metrics_log_names_a_straggler(tmp_path, launch):
+    """Rank 1 multiplies with OpenBLAS's generic Prescott kernels: a slower node."""
+    directory = tmp_path / "run"
+    write_job(tmp_path / "job.toml", directory, epochs=6, warn=60, abort=600, units=2048,
+              batch_size=128)
+    arguments = ["train", "job.toml", "-q"]
+    job = launch(None, mpmd=[(1, arguments, {}),
+                             (1, arguments, {"OPENBLAS_CORETYPE": "Prescott"})]).finish()
+    assert job.returncode == 0, job.stderr
+    records = [json.loads(line) for line in (directory / "metrics.jsonl").read_text()
+               .splitlines() if '"epoch"' in line]
+    named = [record for record in records if record["slowest_rank"] == 1]
+    assert len(named) >= 5  # of 6: a loaded machine may blur one epoch
+    assert all(record["compute_seconds_spread"] > 0.1 * record["slowest_compute_seconds"]
+               for record in named)
