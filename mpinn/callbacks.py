@@ -197,7 +197,7 @@ class ModelCheckpoint(Callback):
 
     def on_train_begin(self, logs=None):
         self.directory.mkdir(parents=True, exist_ok=True)
-        checkpoint.prune(self.directory, self.keep)  # stray temporary files of a crash
+        checkpoint.remove_strays(self.directory)  # temporary files of a crash
         self.written = self.model.optimizer.iterations  # nothing new to save yet
         self.last = next(iter(checkpoint.list_checkpoints(self.directory)), None)
 
@@ -235,4 +235,4 @@ class ModelCheckpoint(Callback):
             self.on_error(error)
             return
         self.written, self.last = iterations, path
-        checkpoint.prune(self.directory, self.keep)
+        checkpoint.prune(self.directory, self.keep, written=path)

@@ -660,9 +660,15 @@ def latest_valid(directory, on_skip=None) -> "Checkpoint | None":
     return None
 
 
-def prune(directory, keep: int) -> None:
-    """Keep the newest `keep` checkpoints; remove older ones and stray temporary files."""
-    for path in list_checkpoints(directory)[keep:]:
+def prune(directory, keep: int, written: "Path | None" = None) -> None:
+    """Keep the newest `keep` checkpoints, always counting `written` (the one just written,
+    finite by construction) among them, even where files of more steps exist (a run resumed
+    from an older checkpoint); remove the others and stray temporary files."""
+    found = list_checkpoints(directory)
+    if written is not None and written in found:
+        found.remove(written)
+        keep -= 1
+    for path in found[max(keep, 0):]:
         path.unlink(missing_ok=True)
     remove_strays(directory)
 

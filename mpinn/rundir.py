@@ -151,3 +151,12 @@ def _prepare_directory(directory: Path) -> None:
     except OSError as exc:
         raise StorageError(f"cannot create the run directory {directory}: "
                            f"{exc.strerror or errno.errorcode.get(exc.errno)}") from exc
+
+
+def probe_writable(path: Path) -> None:
+    """OSError unless `path` can be appended to; a file that did not exist is not left."""
+    existed = path.exists()
+    with path.open("a"):
+        pass
+    if not existed:
+        path.unlink()

@@ -27,7 +27,7 @@ from .errors import ConfigError, DataError, MpinnError, StorageError
 from .layers import Activation, Dense, Dropout
 from .model import Sequential
 from .optim import schedules
-from .rundir import RunLock
+from .rundir import RunLock, probe_writable
 from .stopping import Diverged, Failed, StopAtStepBoundary, Stopped, StopRequests
 from .stragglers import StragglerReport
 
@@ -236,7 +236,7 @@ def prepare(job: Job, comm: Comm, resume: "str | None" = None, on_skip=None) -> 
                 prepared.locks.append(RunLock(path).acquire())
             log = directory / job["logging.metrics_log"]
             try:
-                log.open("a").close()
+                probe_writable(log)
             except OSError as exc:
                 raise StorageError(f"{job.source}: logging.metrics_log: cannot write {log}: "
                                    f"{exc.strerror}") from exc

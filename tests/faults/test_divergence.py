@@ -5,6 +5,7 @@ With `training.on_nonfinite = "skip"` such steps are skipped and counted instead
 
 import json
 
+import h5py
 import numpy as np
 import pytest
 
@@ -118,3 +119,22 @@ def test_skip_policy_skips_and_counts_the_non_finite_steps(tmp_path, launch, ran
     assert all(np.isfinite(record["loss"]) for record in records)
     assert records[-1]["loss"] < records[0]["loss"]  # it trained on the other steps
     assert all_finite(directory / "final.h5")
+
+
+@pytest.mark.timeout(120)
+def test_resume_auto_passes_over_a_nan_checkpoint_and_pruning_keeps_the_new_one(tmp_path,
+                                                                                launch):
+    """The newest checkpoint holds NaN (an older mpinn, a bad disk): it is skipped, said
+    so, and the resumed run's checkpoint is kept, though the NaN one has more steps."""
+    directory = regression_job(tmp_path, epochs=3)
+    assert launch(None, "train", "job.toml", "-q").finish().returncode == 0
+    nan, resumed = checkpoint.list_checkpoints(directory)[:2]  # 60 and 40 steps
+    with h5py.File(nan, "r+") as file:  # HDF5 updates the checksum: it reads cleanly
+        file["params/dense_0/kernel"][0, 0] = np.nan
+    run = launch(None, "train", "job.toml", "-q", "--resume", "auto", "--set",
+                 "training.batch_size=32", "--set", "checkpoint.keep=1").finish()
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == (f"mpinn: --resume auto skipped {nan}: parameters dense_0/kernel "
+                          "holds NaN\n")
+    assert checkpoint.list_checkpoints(directory) == [directory / "ckpt-000000050.h5"]
+    assert all_finite(directory / "ckpt-000000050.h5")
