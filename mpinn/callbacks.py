@@ -26,7 +26,9 @@ class Callback:
 
 
 class History(Callback):
-    """`history[metric]` is the list of per-epoch values; `epoch` the epochs run."""
+    """`history[metric]` is the list of per-epoch values; `epoch` the epochs run. A metric
+    that first appears in a later epoch (e.g. added when a run resumed) starts with NaN for
+    the epochs before, so that every list lines up with `epoch`."""
 
     def __init__(self):
         self.history: dict[str, list[float]] = {}
@@ -35,7 +37,7 @@ class History(Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.epoch.append(epoch)
         for key, value in (logs or {}).items():
-            self.history.setdefault(key, []).append(value)
+            self.history.setdefault(key, [math.nan] * (len(self.epoch) - 1)).append(value)
 
 
 class EarlyStopping(Callback):
@@ -183,23 +185,24 @@ class ModelCheckpoint(Callback):
 
     A write that fails (a full disk, non-finite parameters) raises, or, with `on_error`,
     is handed to it (so that every rank can stop together); the previous checkpoint
-    stays. `last` is the newest checkpoint written or found at the start."""
+    stays. No checkpoint is written after a step or epoch whose loss is NaN or Inf.
+    `last` is the newest checkpoint written, at first the one the run resumed from."""
 
     def __init__(self, directory, every_epochs: int = 1, every_steps: int = 0,
-                 keep: int = 3, steps_per_epoch: int = 0, on_error=None, **attrs):
+                 keep: int = 3, steps_per_epoch: int = 0, on_error=None, last=None,
+                 **attrs):
         self.directory = Path(directory)
         self.every_epochs, self.every_steps, self.keep = every_epochs, every_steps, keep
         self.steps_per_epoch, self.attrs = steps_per_epoch, attrs
         self.on_error = on_error
         self.written = None  # optimizer step of the last checkpoint
         self.epoch = 0
-        self.last: Path | None = None
+        self.last: Path | None = last
 
     def on_train_begin(self, logs=None):
         self.directory.mkdir(parents=True, exist_ok=True)
         checkpoint.remove_strays(self.directory)  # temporary files of a crash
         self.written = self.model.optimizer.iterations  # nothing new to save yet
-        self.last = next(iter(checkpoint.list_checkpoints(self.directory)), None)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
@@ -207,7 +210,8 @@ class ModelCheckpoint(Callback):
     def on_train_batch_end(self, batch, logs=None):
         iterations = self.model.optimizer.iterations
         last_of_epoch = batch + 1 >= self.steps_per_epoch
-        if self.every_steps and iterations % self.every_steps == 0 and not last_of_epoch:
+        if (self.every_steps and iterations % self.every_steps == 0 and not last_of_epoch
+                and math.isfinite(logs["loss"] if logs is not None else 0.0)):
             self.write(self.epoch, batch + 1)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -229,10 +233,13 @@ class ModelCheckpoint(Callback):
         try:
             checkpoint.save(path, self.model, epoch=epoch, step=step, history=history,
                             **self.attrs)
+            self.written, self.last = iterations, path
+            try:
+                checkpoint.prune(self.directory, self.keep, written=path)
+            except OSError as exc:
+                raise StorageError(f"cannot remove old checkpoints in {self.directory}: "
+                                   f"{exc.strerror}") from exc
         except MpinnError as error:
             if self.on_error is None:
                 raise
             self.on_error(error)
-            return
-        self.written, self.last = iterations, path
-        checkpoint.prune(self.directory, self.keep, written=path)

@@ -435,19 +435,17 @@ def _shapes(datasets: dict) -> dict[str, dict[str, tuple]]:
 
 
 def _history(path: Path, datasets: dict, epoch: int) -> dict[str, list[float]]:
-    """The per-epoch metrics: as many values for each, and no more than the epochs done
-    (fewer where a run started at a later epoch without its history)."""
-    found = {name.removeprefix("history/"): dataset for name, dataset in datasets.items()
-             if name.startswith("history/")}
-    lengths = {len(dataset) for dataset in found.values()}
-    if len(lengths) > 1:
-        listed = ", ".join(f"{metric} {len(dataset)}" for metric, dataset in found.items())
-        raise DataError(f"{path}: refused: the history's metrics have different lengths "
-                        f"({listed})")
-    if lengths and max(lengths) > epoch:
-        raise DataError(f"{path}: refused: the history holds {max(lengths)} epochs, more "
-                        f"than the {epoch} done (attribute 'epoch')")
-    return {metric: dataset[()].tolist() for metric, dataset in found.items()}
+    """The per-epoch metrics, each no longer than the epochs done (shorter where a metric
+    joined a resumed run, or a run started at a later epoch without its history)."""
+    found = {}
+    for name, dataset in datasets.items():
+        if name.startswith("history/"):
+            if len(dataset) > epoch:
+                raise DataError(f"{path}: refused: the history's {name[8:]} holds "
+                                f"{len(dataset)} epochs, more than the {epoch} done "
+                                "(attribute 'epoch')")
+            found[name[8:]] = dataset[()].tolist()
+    return found
 
 
 # ------------------------------------------------------------------------ attributes

@@ -48,14 +48,17 @@ def _holder() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(),
             "process_start": _process_start(os.getpid()),
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "slurm_restart_count": os.environ.get("SLURM_RESTART_COUNT", "0"),
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def _gone(holder: dict) -> "str | None":
     """Why the job that holds a lock can be taken to be over, or None while it may live."""
     mine = _holder()
-    if holder.get("slurm_job_id") and holder["slurm_job_id"] == mine["slurm_job_id"]:
-        return f"it was this Slurm job's ({mine['slurm_job_id']}) before a requeue"
+    if (holder.get("slurm_job_id") and holder["slurm_job_id"] == mine["slurm_job_id"]
+            and holder.get("slurm_restart_count") != mine["slurm_restart_count"]):
+        return (f"it was Slurm job {mine['slurm_job_id']}'s before it was requeued (restart "
+                f"{mine['slurm_restart_count']})")
     if holder.get("host") != mine["host"] or not isinstance(holder.get("pid"), int):
         return None
     if process_running(holder["pid"], holder.get("process_start")):
@@ -122,10 +125,19 @@ class RunLock:
         return holder if isinstance(holder, dict) else None
 
     def _take_over(self, holder: dict, reason: str) -> None:
+        """Move the stale lock aside (atomically) and remove it; if what was moved is not
+        the holder judged gone (another job took over first), put it back."""
         stale = self.path.with_name(f"{LOCK_NAME}.stale-{os.getpid()}")
         try:
             os.rename(self.path, stale)
         except FileNotFoundError:
+            return
+        try:
+            moved = json.loads(stale.read_text())
+        except (OSError, ValueError):
+            moved = None
+        if moved != holder:
+            os.rename(stale, self.path)
             return
         stale.unlink(missing_ok=True)
         self.note = (f"took over the lock of {self.directory} from pid {holder.get('pid')} "

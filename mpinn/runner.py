@@ -184,9 +184,10 @@ def check_memory(job: Job, model: Sequential, input_dim: int, comm: Comm) -> Non
     count = model.planned_parameters(input_dim)
     state = sum(len(transform.slots) for transform in model.optimizer.transforms)
     needed = count * model.dtype.itemsize * (2 + state)
-    share = available // comm.local_size
+    sharing = comm.local_size if model.backend.device is None else 1  # host: the node's
+    share = available // sharing
     if needed > share:
-        ranks = f" for each of its {comm.local_size} ranks" if comm.local_size > 1 else ""
+        ranks = f" for each of its {sharing} ranks" if sharing > 1 else ""
         raise ConfigError(
             f"{job.source}: [model] needs {_bytes(needed)} for {count:,} parameters "
             f"({model.dtype}: values, gradients and {state} optimizer buffers), but this node "
@@ -232,7 +233,8 @@ def prepare(job: Job, comm: Comm, resume: "str | None" = None, on_skip=None) -> 
     if comm.rank == 0:
         comm.before_abort.append(prepared.release)
         try:
-            for path in dict.fromkeys([directory, prepared.checkpoint_directory]):
+            for path in dict.fromkeys([directory.resolve(),
+                                       prepared.checkpoint_directory.resolve()]):
                 prepared.locks.append(RunLock(path).acquire())
             log = directory / job["logging.metrics_log"]
             try:
@@ -256,7 +258,7 @@ def train(prepared: Prepared, progress: str = "auto", requests: "StopRequests | 
     epoch = step = 0
     if prepared.resumed is not None:
         history.history = {k: list(v) for k, v in prepared.resumed.history.items()}
-        history.epoch = list(range(len(next(iter(history.history.values()), []))))
+        history.epoch = list(range(max(map(len, history.history.values()), default=0)))
         epoch, step = prepared.resumed.data["epoch"], prepared.resumed.data["step"]
     hooks = [history]
     failure = os.environ.get(FAILURE_VARIABLE)
@@ -281,8 +283,8 @@ def train(prepared: Prepared, progress: str = "auto", requests: "StopRequests | 
         prepared.saver = ModelCheckpoint(
             prepared.checkpoint_directory, job["checkpoint.every_epochs"],
             job["checkpoint.every_steps"], job["checkpoint.keep"], steps_per_epoch=ticks,
-            on_error=requests.fail, config=job.text, world_size=strategy.size,
-            strategy=strategy.name)
+            on_error=requests.fail, last=prepared.resumed and prepared.resumed.path,
+            config=job.text, world_size=strategy.size, strategy=strategy.name)
         hooks.append(prepared.saver)
     # last: an epoch's records are written before a stop
     hooks.append(StopAtStepBoundary(requests, strategy.comm, strategy.lockstep, steps,
@@ -364,6 +366,9 @@ def run_job(path, overrides=(), quiet: bool = False, resume: "str | None" = None
         if failed.message:
             _fail(failed.message, 0)
         return failed.exit_code
+    except StalledStop as stop:  # on rank 0: a signal while another rank still sets up
+        _fail(f"mpinn: {stop}; nothing was trained", 0)
+        comm.abort(stop.exit_code)
     try:
         return _run(prepared, comm, quiet, resume, requests, tag, skipped)
     finally:
@@ -392,14 +397,14 @@ def _run(prepared: Prepared, comm: Comm, quiet, resume, requests, tag, skipped) 
             checkpoint.remove_strays(prepared.checkpoint_directory)
             print(f"nothing to train: {found.path} is at epoch {found.data['epoch']} and the "
                   f"job trains {job['training.epochs']} epochs (raise training.epochs to go on)")
-        return 0
+        return _finish_trained(prepared, comm, found, quiet)
     progress = "none" if quiet else job["logging.progress"]
     try:
         history = train(prepared, progress, requests)
     except Stopped as stop:
         if requests.error is not None:  # the stop's own checkpoint could not be written
-            return _fail(f"mpinn: {stop}; {requests.error}; {_last_good(prepared)}",
-                         requests.error.exit_code)
+            _fail(f"mpinn: {stop}; {requests.error}; {_last_good(prepared)}", 0)
+            comm.abort(requests.error.exit_code)  # the others are leaving with 128 + N
         if writer:
             _fail(f"mpinn: {stop}; checkpoint {prepared.saver.last} written, {_RESUME_HINT}",
                   0)
@@ -435,13 +440,11 @@ def _run(prepared: Prepared, comm: Comm, quiet, resume, requests, tag, skipped) 
             comm.abort(1)
         return 1
     if writer:
-        _save_final(prepared, history, requests, quiet)
-    code = np.array([_failure_code(requests)], np.int64)
-    comm.allreduce_max(code)  # a final write that failed fails every rank
-    if code[0]:
-        if requests.error is not None:
-            _fail(f"mpinn: {requests.error}; {_last_good(prepared)}", 0)
-        return int(code[0])
+        _save_final(prepared, history.history, len(history.epoch), requests)
+        _report_strategy(prepared, requests, quiet)
+    code = _end_together(comm, prepared, requests)
+    if code:
+        return code
     if writer and not quiet:
         final = history.history
         figures = " - ".join(f"{key}: {values[-1]:.4f}" for key, values in final.items())
@@ -477,24 +480,56 @@ def _last_good(prepared: Prepared) -> str:
     return f"the last good checkpoint is {last}" if last else "no checkpoint was written"
 
 
-def _save_final(prepared: Prepared, history, requests: StopRequests, quiet: bool) -> None:
-    """final.h5 and the strategy's report (rank 0); a failure is noted in `requests`."""
-    job, strategy = prepared.job, prepared.strategy
+def _finish_trained(prepared: Prepared, comm: Comm, found, quiet: bool) -> int:
+    """A run resumed at its last epoch: it has nothing to train, but a stop at that very
+    boundary may have left no final.h5."""
+    requests = StopRequests()
+    if comm.rank == 0 and not (prepared.run_directory / "final.h5").exists():
+        _save_final(prepared, found.history, found.data["epoch"], requests)
+        if requests.error is None and not quiet:
+            print(f"model: {prepared.run_directory / 'final.h5'} (from {found.path})")
+    return _end_together(comm, prepared, requests)
+
+
+def _end_together(comm: Comm, prepared: Prepared, requests: StopRequests) -> int:
+    """Every rank's exit code: the worst of the ranks' final writes (0 if all went well)."""
+    code = np.array([_failure_code(requests)], np.int64)
     try:
-        checkpoint.save(prepared.run_directory / "final.h5", prepared.model,
-                        epoch=len(history.epoch), history=history.history, config=job.text,
-                        world_size=strategy.size, strategy=strategy.name)
-        report = strategy.report()
-        if report:
-            log = prepared.run_directory / job["logging.metrics_log"]
-            with log.open("a") as file:
-                file.write(json_line({"strategy": strategy.name, **report}))
-            if not quiet:
-                print(f"{strategy.name}: " + ", ".join(f"{k}={v}" for k, v in report.items()))
+        comm.allreduce_max(code)
+    except StalledStop as stop:
+        _fail(f"mpinn: {stop}; training was complete", 0)
+        comm.abort(stop.exit_code)
+    if requests.error is not None:
+        _fail(f"mpinn: {requests.error}; {_last_good(prepared)}", 0)
+    return int(code[0])
+
+
+def _save_final(prepared: Prepared, history: dict, epochs: int,
+                requests: StopRequests) -> None:
+    """final.h5 (rank 0), at the end of epoch `epochs`; a failure is noted in `requests`."""
+    strategy = prepared.strategy
+    try:
+        checkpoint.save(prepared.run_directory / "final.h5", prepared.model, epoch=epochs,
+                        history=history, config=prepared.job.text, world_size=strategy.size,
+                        strategy=strategy.name)
     except MpinnError as error:
         requests.fail(error)
-    except OSError as error:
-        requests.fail(StorageError(f"cannot write {error.filename}: {error.strerror}"))
+
+
+def _report_strategy(prepared: Prepared, requests: StopRequests, quiet: bool) -> None:
+    """The strategy's figures for the whole run, in the metrics log (rank 0)."""
+    strategy, log = prepared.strategy, prepared.run_directory / prepared.job[
+        "logging.metrics_log"]
+    report = strategy.report()
+    if not report:
+        return
+    try:
+        with log.open("a") as file:
+            file.write(json_line({"strategy": strategy.name, **report}))
+    except OSError as exc:
+        requests.fail(StorageError(f"cannot write {log}: {exc.strerror}"))
+    if not quiet:
+        print(f"{strategy.name}: " + ", ".join(f"{k}={v}" for k, v in report.items()))
 
 
 def _fail(message: str, code: int) -> int:

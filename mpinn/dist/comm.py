@@ -3,6 +3,7 @@ library loads, and a world of one (LocalComm) where none does, so that one proce
 trains without MPI installed or working. Every wait on another rank goes through
 `MPIComm._wait`, which a Watchdog watches (see watchdog.py)."""
 
+import contextlib
 import os
 
 import numpy as np
@@ -36,9 +37,15 @@ class Comm:
         self.before_abort: list = []  # callables run before this rank ends the job
 
     def watch(self, warn_seconds: float, abort_seconds: float, stop_signal=None) -> None:
-        """Warn about waits on other ranks longer than `warn_seconds` and end the job after
-        `abort_seconds` (0: never; both 0: wait in MPI's own blocking calls, unwatched).
-        `stop_signal()` gives the number of a stop signal received, or None."""
+        """Warn about waits on other ranks longer than `warn_seconds` and end a stalled job
+        after `abort_seconds` (0: never; both 0: MPI's own blocking waits, unwatched).
+        `stop_signal()` gives the number of a stop signal received, or None. No MPI call:
+        ranks may call it or not (e.g. one whose job file could not be read)."""
+
+    def at(self, where) -> None:
+        """The run's place: (epoch, step) counted from 0, (epoch, phase) or a phrase; the
+        watchdog tells the other ranks now and then, and names it in its reports."""
+        self.where = where
 
     def reaches(self, device: str) -> bool:
         """Whether MPI calls may be given buffers in `device` memory (e.g. "cuda")."""
@@ -52,10 +59,6 @@ class Comm:
 
     def broadcast(self, buffer, root: int = 0) -> None:
         """Overwrite `buffer` on every rank with root's, in place."""
-
-    def any(self, flag: bool) -> bool:
-        """True on every rank if `flag` is true on any rank."""
-        return bool(flag)
 
     def allgather_bytes(self, data: bytes) -> list[bytes]:
         """Every rank's `data`, in rank order."""
@@ -73,9 +76,10 @@ class Comm:
 
     def abort(self, code: int = 1) -> None:
         """End every rank of the job now, after running `before_abort` (e.g. releasing a
-        lock)."""
+        lock; a failing one is passed over)."""
         for callback in self.before_abort:
-            callback()
+            with contextlib.suppress(Exception):
+                callback()
         self._end_job(code)
 
     def _end_job(self, code: int) -> None:
@@ -105,32 +109,31 @@ class MPIComm(Comm):
         if self.gpu_aware not in (None, "0", "1"):
             raise MpinnError(f"environment variable {GPU_AWARE_VARIABLE}="
                              f"{self.gpu_aware!r} must be 1 or 0")
-        self.watchdog = Watchdog(mpi, self.comm, abort=self.abort)
+        self.watchdog = Watchdog(mpi, self.comm.Dup(), self.abort)
+        self.watched = True
 
     def watch(self, warn_seconds, abort_seconds, stop_signal=None):
-        if not (warn_seconds or abort_seconds):
-            self.watchdog = None
-            return
-        self.watchdog = Watchdog(self.MPI, self.comm, warn_seconds, abort_seconds,
-                                 stop_signal or (lambda: None), abort=self.abort)
+        self.watched = bool(warn_seconds or abort_seconds)
+        self.watchdog.configure(warn_seconds, abort_seconds, stop_signal or (lambda: None))
+
+    def at(self, where):
+        self.where = where
+        if self.watched:
+            self.watchdog.progress(where)
 
     def collect_status(self):
-        if self.watchdog is not None:
+        if self.watched:
             self.watchdog.collect()
 
     @property
-    def watched(self):
-        return self.watchdog is not None
-
-    @property
     def waited_seconds(self):
-        return self.watchdog.waited_seconds if self.watchdog else 0.0
+        return self.watchdog.waited_seconds
 
     def _wait(self, request, operation: str, status=None) -> None:
-        if self.watchdog is None:
-            request.Wait(status)
-        else:
+        if self.watched:
             self.watchdog.wait(request, operation, self.where, status)
+        else:
+            request.Wait(status)
 
     def reaches(self, device):
         """MPINN_GPU_AWARE_MPI when set, else what MPI 4.1's `mpi_memory_alloc_kinds` lists
@@ -155,11 +158,6 @@ class MPIComm(Comm):
     def allreduce_max(self, buffer):
         self._wait(self.comm.Iallreduce(self.MPI.IN_PLACE, buffer, op=self.MPI.MAX),
                    "allreduce")
-
-    def any(self, flag):
-        buffer = np.array([int(bool(flag))], dtype=np.int32)
-        self.allreduce_max(buffer)
-        return bool(buffer[0])
 
     def allgather_bytes(self, data):
         sizes = np.zeros(self.size, np.int64)

@@ -32,9 +32,9 @@ class Strategy:
     lockstep = True  # every rank sees the same step boundaries (batch hooks in step)
 
     def at(self, where) -> None:
-        """The run's place: (epoch, step) counted from 0, (epoch, phase) or a phrase; the
-        watchdog names it when a wait on another rank is long."""
-        self.comm.where = where
+        """The run's place: (epoch, step) counted from 0, (epoch, phase) or a phrase (see
+        Comm.at)."""
+        self.comm.at(where)
 
     def shard(self, count: int) -> tuple[int, int]:
         """The [start, stop) part of `count` samples this rank evaluates: contiguous, sizes

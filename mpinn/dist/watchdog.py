@@ -1,26 +1,30 @@
 """Every wait on another rank, watched: a stalled rank is named, then the job ends.
 
-A wait polls its MPI request back to back for a millisecond, then yields the core with
-`sleep(0)` every 16 polls up to 50 ms. Measured on two hyper-threads of one core: a bare
-polling loop for a slower rank stole up to 30% of the computing sibling's speed, while a
-yield after every poll made a 2.7 MB Allreduce 50% slower (MPI progresses only while
-polled). Past 50 ms it sleeps between polls, longer the longer it has waited (a twentieth
-of the time so far, at most `MAX_POLL_SECONDS`), so a rank waiting for minutes uses
-almost no CPU.
+Polling. A wait polls its MPI request back to back for a millisecond, then yields the core
+with `sleep(0)` every 16 polls up to half a second, then sleeps a millisecond between
+polls, so that a rank waiting for minutes uses almost no CPU. Measured on two
+hyper-threads of one core: a bare polling loop for a slower rank stole up to 30% of the
+computing sibling's speed, a yield after every poll made a 2.7 MB Allreduce 50% slower,
+and 10 ms sleeps slowed a 400 MB one by 10% (MPI progresses only while polled).
 
-Who is late cannot be seen inside a collective, so the waiting ranks say it: a rank that
-has waited half the warning time tells every other rank which operation it waits in
-(and, when that wait ends, that it goes on). At the warning time the lowest-numbered
-waiting rank prints the ranks it has not heard from, and again every warning interval; at
-the abort time it prints once more and ends every rank with `EXIT_STALLED`. The other
-waiting ranks stay silent and end the job themselves a few seconds later if that rank
-could not. Status messages travel on a communicator of their own, so they never meet
-the job's data.
+Who is late cannot be seen inside a collective, so the ranks say it, on a communicator of
+their own (status messages never meet the job's data):
+- every rank tells the others where it is (a beat: epoch and step) at most every
+  `beat_seconds` (half the warning time), from its steps and waits;
+- a rank that has waited `beat_seconds` tells the others which operation it waits in,
+  and, when that wait ends, that it goes on.
 
-A stop signal (SIGTERM, SIGUSR1, SIGINT) that arrives during a wait that does not end
-within `STOP_GRACE_SECONDS` raises `StalledStop` on rank 0, whose caller can write a
-checkpoint before ending the job; the other ranks end the job themselves if rank 0 has
-not done so shortly after (it may be the rank that stalled).
+A waiting rank thus knows, of every other rank, whether it waits too, is busy (heard from
+lately), or is silent. At the warning time the lowest-numbered waiting rank prints the
+ranks it waits for, and again every warning interval. At the abort time it ends every
+rank with `EXIT_STALLED`, provided some rank is silent or every rank waits (a deadlock):
+ranks that are busy (a slow parameter-server worker, a long epoch) are not a stall. The
+other waiting ranks end the job a few seconds later if that rank could not.
+
+A stop signal (SIGTERM, SIGUSR1, SIGINT) during a wait that does not end within
+`STOP_GRACE_SECONDS` raises `StalledStop` on rank 0, whose caller can write a checkpoint
+before ending the job; the other ranks end the job themselves if rank 0 has not done so
+shortly after (it may be the rank that stalled).
 """
 
 import signal
@@ -30,15 +34,15 @@ import time
 import numpy as np
 
 EXIT_STALLED = 4
-BUSY_SECONDS = 0.001  # polls back to back: a healthy exchange completes at full speed
-SPIN_SECONDS = 0.05  # then yields the core every YIELD_EVERY polls
+BUSY_SECONDS = 0.001  # polls back to back: an exchange completes at full speed
+YIELD_SECONDS = 0.5  # then yields the core every YIELD_EVERY polls
 YIELD_EVERY = 16
-MAX_POLL_SECONDS = 0.01
+POLL_SECONDS = 0.001  # then sleeps this long between polls
 STOP_GRACE_SECONDS = 3.0
 FOLLOWER_DELAY_SECONDS = 5.0  # how long the silent waiting ranks give the reporting one
-CHECKPOINT_SECONDS = 60.0  # how long the others give rank 0 to checkpoint on a stop
+CHECKPOINT_SECONDS = 60.0  # how long the others give a waiting rank 0 to checkpoint
 STATUS_TAG = 1
-WAITING, RESUMED = 1, 0
+BEAT, WAITING, RESUMED = 0, 1, 2
 OPERATIONS = ("allreduce", "broadcast", "send", "receive", "allgather")
 
 
@@ -77,26 +81,39 @@ def where_text(where) -> str:
 
 
 class Watchdog:
-    """Watches waits on an MPI communicator's requests (see the module's doc)."""
+    """Watches the waits on one MPI communicator's requests (see the module's doc);
+    `monitor` is a communicator of its own for the status messages."""
 
-    def __init__(self, mpi, comm, warn_seconds: float = 60.0, abort_seconds: float = 600.0,
-                 stop_signal=lambda: None, abort=None):
-        self.MPI = mpi
-        self.monitor = comm.Dup()  # status messages only
-        self.rank, self.size = comm.Get_rank(), comm.Get_size()
-        self.warn_seconds, self.abort_seconds = warn_seconds, abort_seconds
-        deadlines = [seconds for seconds in (warn_seconds, abort_seconds) if seconds]
-        self.announce_seconds = min(deadlines, default=0) / 2
-        self.stop_signal = stop_signal  # () -> the number of a pending stop signal, or None
-        self.abort = abort or comm.Abort
+    def __init__(self, mpi, monitor, abort, warn_seconds: float = 60.0,
+                 abort_seconds: float = 600.0, stop_signal=lambda: None):
+        self.MPI, self.monitor, self.abort = mpi, monitor, abort
+        self.rank, self.size = monitor.Get_rank(), monitor.Get_size()
+        self.configure(warn_seconds, abort_seconds, stop_signal)
         self.waited_seconds = 0.0  # all waits so far
-        self.others: dict[int, str] = {}  # rank -> what it said it waits in
+        self.heard: dict[int, tuple] = {}  # rank -> (when, state, what it said)
+        self._next_beat = 0.0
         self._sending: list = []  # (request, message) until sent
         self._probe = mpi.Status()
+
+    def configure(self, warn_seconds: float, abort_seconds: float, stop_signal) -> None:
+        self.warn_seconds, self.abort_seconds = warn_seconds, abort_seconds
+        self.stop_signal = stop_signal  # () -> the number of a pending stop signal, or None
+        deadlines = [seconds for seconds in (warn_seconds, abort_seconds) if seconds]
+        self.beat_seconds = min(deadlines, default=60.0) / 2
+
+    def progress(self, where) -> None:
+        """This rank is at `where`: tell the others, if it has not lately."""
+        now = time.perf_counter()
+        if now >= self._next_beat:
+            self._next_beat = now + self.beat_seconds
+            self._announce(BEAT, 0, where)
+            self.collect()
 
     def wait(self, request, operation: str, where, status=None) -> None:
         """Until `request` completes; `where` names the run's place for messages."""
         started = time.perf_counter()
+        if started >= self._next_beat:
+            self.progress(where)
         polls = 0
         try:
             while not request.Test(status):
@@ -105,7 +122,7 @@ class Watchdog:
                     waited = time.perf_counter() - started
                     if waited > BUSY_SECONDS:
                         time.sleep(0)
-                    if waited > SPIN_SECONDS:
+                    if waited > YIELD_SECONDS:
                         self._wait_long(request, operation, where, status, started)
                         return
         finally:
@@ -119,54 +136,52 @@ class Watchdog:
             self.collect()
             if signalled_at is None and self.stop_signal() is not None:
                 signalled_at = now
-                if not announced:
-                    announced = self._announce(WAITING, operation, where)
-            if not announced and waited >= self.announce_seconds:
-                announced = self._announce(WAITING, operation, where)
+            if not announced and (signalled_at is not None or waited >= self.beat_seconds):
+                announced = self._announce(WAITING, OPERATIONS.index(operation), where)
             if signalled_at is not None:
                 self._stop_if_stalled(now - signalled_at, operation, where, waited)
-            if self.abort_seconds and waited >= self.abort_seconds:
+            if self.abort_seconds and waited >= self.abort_seconds and self._stalled(now):
                 self._end(f"{where_text(where)}: {operation} waited {waited:.0f} s for "
-                          f"{self._missing()}; ending the job (exit {EXIT_STALLED})",
+                          f"{self._missing(now)}; ending the job (exit {EXIT_STALLED})",
                           EXIT_STALLED, waited - self.abort_seconds)
             if self.warn_seconds and waited >= self.warn_seconds and (
                     warned_at is None or waited - warned_at >= self.warn_seconds):
                 warned_at = waited
                 if self._reports():
-                    self._say(f"{where_text(where)}: {operation} still waiting for "
-                              f"{self._missing()} after {waited:.0f} s")
-            time.sleep(min(MAX_POLL_SECONDS, waited / 20))
+                    self._say(f"{where_text(where)}: {operation} still waiting after "
+                              f"{waited:.0f} s for {self._missing(now)}")
+            time.sleep(POLL_SECONDS)
         if announced:
-            self._announce(RESUMED, operation, where)
+            self._announce(RESUMED, OPERATIONS.index(operation), where)
 
     def _stop_if_stalled(self, since_signal, operation, where, waited) -> None:
         if since_signal < STOP_GRACE_SECONDS:
             return
+        now = time.perf_counter()
         report = (f"{operation} at {where_text(where)} waited {waited:.0f} s for "
-                  f"{self._missing()}")
+                  f"{self._missing(now)}")
         if self.rank == 0:
             raise StalledStop(self.stop_signal(), report)
         # rank 0 ends the job once it has checkpointed; if it does not, it is stalled too
-        patience = CHECKPOINT_SECONDS if 0 in self.others else 2 * STOP_GRACE_SECONDS
+        waiting = self.heard.get(0, (0, BEAT))[1] == WAITING
+        patience = CHECKPOINT_SECONDS if waiting else 2 * STOP_GRACE_SECONDS
         name = signal.Signals(self.stop_signal()).name
         self._end(f"stopped by {name} while {report}; rank 0 did not respond, so no "
                   "checkpoint was written", 128 + self.stop_signal(), since_signal - patience)
 
     def _end(self, message: str, code: int, overdue: float) -> None:
-        """The reporting rank ends the job at once; the others only if it could not."""
-        if overdue < 0:
+        """The reporting rank ends the job at once; another only if it could not, saying
+        why itself."""
+        if overdue < 0 or not (self._reports() or overdue >= FOLLOWER_DELAY_SECONDS):
             return
-        if self._reports():
-            self._say(message)
-            self.abort(code)
-        elif overdue >= FOLLOWER_DELAY_SECONDS:
-            self.abort(code)
+        self._say(message)
+        self.abort(code)
 
     # -------------------------------------------------------------- status messages
-    def _announce(self, state: int, operation: str, where) -> bool:
+    def _announce(self, state: int, operation: int, where) -> bool:
         epoch, step = where if isinstance(where, tuple) else (-1, -1)
-        message = np.array([state, OPERATIONS.index(operation), epoch,
-                            step if isinstance(step, int) else -1], np.int64)
+        message = np.array([state, operation, epoch, step if isinstance(step, int) else -1],
+                           np.int64)
         self._sending = [(request, sent) for request, sent in self._sending
                          if not request.Test()]
         self._sending += [(self.monitor.Isend(message, dest=rank, tag=STATUS_TAG), message)
@@ -180,23 +195,44 @@ class Watchdog:
             source = self._probe.Get_source()
             self.monitor.Recv(message, source=source, tag=STATUS_TAG)
             state, operation, epoch, step = (int(value) for value in message)
-            if state == WAITING:
-                place = (where_text((epoch, step)) if step >= 0 else
-                         f"epoch {epoch + 1}" if epoch >= 0 else "")
-                self.others[source] = f"{OPERATIONS[operation]} {place}".strip()
-            else:
-                self.others.pop(source, None)
+            place = (where_text((epoch, step)) if step >= 0 else
+                     f"epoch {epoch + 1}" if epoch >= 0 else "setup")
+            said = f"{OPERATIONS[operation]} at {place}" if state == WAITING else place
+            self.heard[source] = (time.perf_counter(), state, said)
 
-    def _missing(self) -> str:
-        silent = set(range(self.size)) - set(self.others) - {self.rank}
-        if silent:
-            return ranks_text(silent)
-        return "ranks that all wait too (" + "; ".join(
-            f"rank {rank}: {what}" for rank, what in sorted(self.others.items())) + ")"
+    def _silent(self, rank: int, now: float) -> bool:
+        """Not waiting, and not heard from for two beats."""
+        when, state, _ = self.heard.get(rank, (-float("inf"), BEAT, ""))
+        return state != WAITING and now - when > 2 * self.beat_seconds
+
+    def _waiting(self) -> set[int]:
+        return {rank for rank, (_, state, _) in self.heard.items() if state == WAITING}
+
+    def _stalled(self, now: float) -> bool:
+        """Some rank is silent, or every rank waits (a deadlock)."""
+        others = set(range(self.size)) - {self.rank}
+        return any(self._silent(rank, now) for rank in others) or others <= self._waiting()
+
+    def _missing(self, now: float) -> str:
+        """The ranks waited for: silent ones (with where they were last), busy ones."""
+        others = set(range(self.size)) - {self.rank} - self._waiting()
+        if not others:
+            return "ranks that all wait too (" + "; ".join(
+                f"rank {rank}: {self.heard[rank][2]}" for rank in sorted(self._waiting())) + ")"
+        parts = []
+        for rank in sorted(others):
+            when, _, said = self.heard.get(rank, (None, BEAT, ""))
+            if when is None:
+                parts.append(f"rank {rank} (not heard from)")
+            elif self._silent(rank, now):
+                parts.append(f"rank {rank} (silent for {now - when:.0f} s, last at {said})")
+            else:
+                parts.append(f"rank {rank} (busy, at {said})")
+        return ", ".join(parts)
 
     def _reports(self) -> bool:
         """Whether this rank is the lowest-numbered one known to be waiting."""
-        return all(rank > self.rank for rank in self.others)
+        return all(rank > self.rank for rank in self._waiting())
 
     def _say(self, message: str) -> None:
         sys.stderr.write(f"mpinn: {message}\n")
