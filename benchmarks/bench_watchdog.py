@@ -13,7 +13,10 @@ medians and the per-round paired ratio.
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
+
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -60,11 +63,39 @@ class CliLikeRunner:
                        callbacks=self.hooks, strategy=self.strategy)
 
 
+def step_overhead(rounds: int = 15, steps: int = 20000) -> dict:
+    """Microseconds per step of what the watchdog touches every step, watched and not: the
+    step's place (`Comm.at`) and the stop agreement's 5-number Allreduce; the medians of
+    alternating rounds. The difference is the watchdog's own cost, free of the epoch
+    timings' noise."""
+    from mpi4py import MPI
+
+    from mpinn.dist.comm import MPIComm
+
+    flags = np.zeros(5)
+    seconds = {}
+    for key, times in SETTINGS.items():
+        comm = MPIComm(MPI)
+        comm.watch(*times)
+        seconds[key] = (comm, [])
+    for round_ in range(rounds):
+        keys = list(seconds) if round_ % 2 == 0 else list(reversed(seconds))
+        for key in keys:
+            comm, found = seconds[key]
+            MPI.COMM_WORLD.Barrier()
+            started = time.perf_counter()
+            for step in range(steps):
+                comm.at((0, step))
+                comm.allreduce_sum(flags)
+            found.append((time.perf_counter() - started) / steps * 1e6)
+    return {key: statistics.median(found) for key, (_, found) in seconds.items()}
+
+
 def worker(repeats: int, names: list[str]) -> None:
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
-    results = {}
+    results = {"step overhead": step_overhead()}
     for name in names:
         hidden, batch, samples = WORKLOADS[name]
         samples = min(samples, ROUND_SAMPLES)
@@ -98,6 +129,10 @@ def report(runs: dict[int, dict], names: list[str]) -> None:
             on, off = (result["samples_per_second"][k] for k in SETTINGS)
             print(f"| {name} | {ranks} | {on:,.0f} | {off:,.0f} | {on / off:.3f} "
                   f"| {paired_ratio(result['ratios_by_round'])} |")
+    print("\nper step, `Comm.at` and the stop agreement's Allreduce (us): watched, unwatched")
+    for ranks, run in sorted(runs.items()):
+        on, off = (run["results"]["step overhead"][k] for k in SETTINGS)
+        print(f"{ranks} rank(s): {on:.2f}, {off:.2f} (the watchdog: {on - off:+.2f} us)")
 
 
 if __name__ == "__main__":
