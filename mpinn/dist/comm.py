@@ -5,6 +5,8 @@ trains without MPI installed or working. Every wait on another rank goes through
 
 import contextlib
 import os
+import sys
+import time
 
 import numpy as np
 
@@ -19,6 +21,7 @@ LAUNCHER_LOCAL_RANK_VARIABLES = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK"
                                  "SLURM_LOCALID")
 # "1" or "0": whether MPI reads and writes GPU memory, for libraries that do not say
 GPU_AWARE_VARIABLE = "MPINN_GPU_AWARE_MPI"
+OUTPUT_SECONDS = 0.2  # before MPI_Abort, for the launcher to forward this rank's output
 
 
 class Comm:
@@ -181,6 +184,9 @@ class MPIComm(Comm):
         return self.status.Get_source()
 
     def _end_job(self, code):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        time.sleep(OUTPUT_SECONDS)  # the launcher forwards what was printed before it kills
         self.MPI.COMM_WORLD.Abort(code)
         os._exit(code)  # MPI_Abort may return once it has told the launcher
 
