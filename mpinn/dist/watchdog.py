@@ -214,7 +214,8 @@ class Watchdog:
         return any(self._silent(rank, now) for rank in others) or others <= self._waiting()
 
     def _missing(self, now: float) -> str:
-        """The ranks waited for: silent ones (with where they were last), busy ones."""
+        """The ranks waited for: silent ones, with where they were last; the others, with
+        when they were heard from and where (busy: a slow worker, a long write)."""
         others = set(range(self.size)) - {self.rank} - self._waiting()
         if not others:
             return "ranks that all wait too (" + "; ".join(
@@ -227,7 +228,7 @@ class Watchdog:
             elif self._silent(rank, now):
                 parts.append(f"rank {rank} (silent for {now - when:.0f} s, last at {said})")
             else:
-                parts.append(f"rank {rank} (busy, at {said})")
+                parts.append(f"rank {rank} (heard {now - when:.0f} s ago, at {said})")
         return ", ".join(parts)
 
     def _reports(self) -> bool:
