@@ -13,6 +13,7 @@ import pytest
 
 import mpinn
 from mpinn.activations import ACTIVATIONS
+from mpinn.layers import Rescale
 from mpinn.losses import LOSSES
 
 H = 1e-6  # central-difference step
@@ -265,6 +266,8 @@ def numpy_forward(model, x, masks=None):
         elif isinstance(layer, mpinn.Dropout):
             if layer.name in masks:
                 x = x * masks[layer.name]
+        elif isinstance(layer, Rescale):
+            x = x * layer.scale + layer.offset
         else:
             raise AssertionError(layer)
     return x
@@ -368,6 +371,18 @@ def test_dense_bias_gradients(use_bias):
     np.testing.assert_allclose(grads["dense_1/kernel"], hidden.T @ dout, rtol=1e-10)
     if use_bias:
         np.testing.assert_allclose(grads["dense_1/bias"], dout.sum(axis=0), rtol=1e-10)
+
+
+def test_rescale_layer_gradients():
+    """First (no input gradient: skipped) and between Dense layers (dy * scale)."""
+    rng = np.random.default_rng(15)
+    model = make_model([Rescale(2.5, offset=-0.3, input_dim=4),
+                        mpinn.Dense(5, activation="tanh"), Rescale(-0.7, offset=0.2),
+                        mpinn.Dense(2)], "mse")
+    x, y = data_for("mse", 2, rng)
+    _, out, _ = check_model_gradients(model, x, y)
+    np.testing.assert_allclose(out, numpy_forward(model, x), rtol=1e-12, atol=1e-14)
+    assert model.params.size == 4 * 5 + 5 + 5 * 2 + 2  # Rescale adds no parameters
 
 
 # ------------------------------------------------------------------ model-level: losses
