@@ -9,6 +9,7 @@ from . import callbacks as callbacks_module
 from . import inputs, losses, optim
 from .backend import resolve_backend
 from .dist.strategy import LocalStrategy
+from .dist.strategy import get as get_strategy
 from .errors import ConfigError, choose, fraction, positive_int
 from .layers import Dropout, Layer
 from .metrics import METRICS
@@ -101,15 +102,13 @@ class Sequential:
             layer, local = owners[name]
             initial = layer.initializers()[local](rng, params.values[name].shape)
             params.values[name][...] = self.backend.asarray(initial, dtype=self.dtype)
-        for index, layer in enumerate(self.layers):
+        for layer in self.layers:
             prefix = f"{layer.name}/"
             layer.bind(
                 {n[len(prefix):]: v for n, v in params.values.items() if n.startswith(prefix)},
                 {n[len(prefix):]: g for n, g in params.grads.items() if n.startswith(prefix)},
             )
-            if isinstance(layer, Dropout):
-                seed = np.random.SeedSequence(self.seed, spawn_key=(DROPOUT_STREAM, index))
-                layer.rng = self.backend.rng(seed)
+        self._seed_dropout()
         self._penalties = [(reg, layer.values[name], layer.grads[name])
                            for layer in self.layers
                            for name, reg in layer.regularizers().items()]
@@ -121,6 +120,19 @@ class Sequential:
         self.params = params
         if self.optimizer is not None:
             self._prepare_training()
+
+    def _seed_dropout(self) -> None:
+        for index, layer in enumerate(self.layers):
+            if isinstance(layer, Dropout):
+                seed = np.random.SeedSequence(self.seed, spawn_key=(DROPOUT_STREAM, index))
+                layer.rng = self.backend.rng(seed)
+
+    def reseed(self, seed: int) -> None:
+        """Shuffle and drop out from `seed` from now on; the weights stay. Data-parallel
+        ranks take rank 0's seed this way (and its weights from the strategy's setup)."""
+        self.seed = int(seed)
+        if self.built:
+            self._seed_dropout()
 
     def planned_parameters(self, input_dim: int) -> int:
         """How many parameters `build(input_dim)` would allocate (allocating nothing)."""
@@ -274,12 +286,17 @@ class Sequential:
             strategy=None):
         """Train for `epochs` passes over (x, y); returns a History of per-epoch logs.
 
-        With a `strategy` (the CLI's runner gives one), every process calls fit with the
-        same data and trains its shard of each global batch of `batch_size` samples.
+        `strategy` spreads training over the processes of an MPI job: a name ("allreduce",
+        "ps"; `mpinn.strategy(name, **options)` for options) or a Strategy. Every process
+        calls fit with the same data, takes rank 0's seed and weights, and trains its shard
+        of each global batch of `batch_size` samples; rank 0 alone shows progress. In a
+        world of one, a named strategy is plain training.
         `initial_epoch` and `initial_step` continue a run (a resumed checkpoint): the
         first epoch skips the global batches already trained. A History among the
         callbacks (e.g. one holding the earlier epochs) is used instead of a new one."""
         self._require_compiled("fit")
+        if isinstance(strategy, str):
+            strategy = get_strategy(strategy)
         strategy = strategy or LocalStrategy()
         batch_size = positive_int("fit", "batch_size", batch_size)
         epochs = positive_int("fit", "epochs", epochs)
@@ -299,15 +316,19 @@ class Sequential:
             if len(validation_data) != 2:
                 raise ConfigError("fit: validation_data must be a pair (x_val, y_val)")
             validation = self._checked(*validation_data, "x_val", "y_val")
-
+        if strategy.size > 1:
+            x_val, y_val = validation if validation_data is not None else (None, None)
+            strategy.agree(self, {"x": x, "y": y, "x_val": x_val, "y_val": y_val})
         strategy.setup(self)
         given = [hook for hook in callbacks or [] if isinstance(hook, callbacks_module.History)]
         self.history = given[0] if given else callbacks_module.History()
         # the History first: an epoch is on record before any hook may wait on another rank
         hooks = [self.history, *(hook for hook in callbacks or [] if hook is not self.history)]
-        if verbose:
+        if verbose and strategy.rank == 0:
             mode = "auto" if verbose == 1 else "lines"
-            hooks.append(callbacks_module.ProgressLogger(mode, epochs, len(x), batch_size))
+            steps = strategy.progress_steps(-(-len(x) // batch_size))
+            hooks.append(callbacks_module.ProgressLogger(mode, epochs, len(x), batch_size,
+                                                         steps=steps))
         for hook in hooks:
             hook.set_model(self)
         # only hooks that look at batches get the running figures (a dict per step)

@@ -4,9 +4,12 @@ trains without MPI installed or working. Every wait on another rank goes through
 `MPIComm._wait`, which a Watchdog watches (see watchdog.py)."""
 
 import contextlib
+import functools
 import os
+import socket
 import sys
 import time
+import traceback
 
 import numpy as np
 
@@ -88,6 +91,20 @@ class Comm:
     def _end_job(self, code: int) -> None:
         os._exit(code)
 
+    @property
+    def tag(self) -> str:
+        """What this rank's lines of output start with: "[rank 1/4 node7] " ("" alone)."""
+        return f"[rank {self.rank}/{self.size} {socket.gethostname()}] " if self.size > 1 else ""
+
+    def excepthook(self, kind, error, trace) -> None:
+        """sys.excepthook on more than one rank: print the rank-tagged traceback and end
+        every rank, so that none waits forever for this one. An error whose class sets
+        `every_rank` is raised by every rank alike: rank 0 alone prints it."""
+        if self.rank == 0 or not getattr(error, "every_rank", False):
+            lines = "".join(traceback.format_exception(kind, error, trace)).rstrip()
+            sys.stderr.write("".join(f"{self.tag}{line}\n" for line in lines.splitlines()))
+        self.abort(error.exit_code if isinstance(error, MpinnError) else 1)
+
 
 class LocalComm(Comm):
     """A world of one process."""
@@ -108,10 +125,7 @@ class MPIComm(Comm):
         node = self.comm.Split_type(mpi.COMM_TYPE_SHARED)
         self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
         node.Free()
-        self.gpu_aware = os.environ.get(GPU_AWARE_VARIABLE, "").strip() or None
-        if self.gpu_aware not in (None, "0", "1"):
-            raise MpinnError(f"environment variable {GPU_AWARE_VARIABLE}="
-                             f"{self.gpu_aware!r} must be 1 or 0")
+        gpu_aware_setting()  # a bad one ends every rank before any collective
         self.watchdog = Watchdog(mpi, self.comm.Dup(), self.abort)
         self.watched = True
 
@@ -141,8 +155,9 @@ class MPIComm(Comm):
     def reaches(self, device):
         """MPINN_GPU_AWARE_MPI when set, else what MPI 4.1's `mpi_memory_alloc_kinds` lists
         (e.g. "system,mpi,cuda:device")."""
-        if self.gpu_aware is not None:
-            return self.gpu_aware == "1"
+        setting = gpu_aware_setting()
+        if setting is not None:
+            return setting == "1"
         info = self.comm.Get_info()
         try:
             kinds = (info.Get("mpi_memory_alloc_kinds") or "").split(",")
@@ -191,6 +206,15 @@ class MPIComm(Comm):
         os._exit(code)  # MPI_Abort may return once it has told the launcher
 
 
+def gpu_aware_setting() -> "str | None":
+    """MPINN_GPU_AWARE_MPI: "1", "0" or None (unset), read when asked: the world is made
+    once per process."""
+    setting = os.environ.get(GPU_AWARE_VARIABLE, "").strip() or None
+    if setting not in (None, "0", "1"):
+        raise MpinnError(f"environment variable {GPU_AWARE_VARIABLE}={setting!r} must be 1 or 0")
+    return setting
+
+
 def launched_size() -> int:
     """The world size a launcher announced in the environment (1 when none did)."""
     for name in LAUNCHER_SIZE_VARIABLES:
@@ -208,8 +232,18 @@ def launched_local_rank() -> int:
     return 0
 
 
+@functools.cache
 def world() -> Comm:
-    """The job's communicator: MPI's world, or a world of one where MPI cannot load."""
+    """The job's communicator, made once per process: MPI's world, or a world of one where
+    MPI cannot load. On more than one rank an uncaught exception ends every rank (see
+    Comm.excepthook), as under `python -m mpi4py`."""
+    comm = _connect()
+    if comm.size > 1:
+        sys.excepthook = comm.excepthook
+    return comm
+
+
+def _connect() -> Comm:
     try:
         from mpi4py import MPI
     except Exception as exc:  # noqa: BLE001 - any failure to load MPI means: no MPI

@@ -2,11 +2,29 @@
 
 `fit` asks the strategy which slice of each global batch this process trains, hands it
 the flat gradient buffer after backward, and lets it reduce the epoch's sums. A strategy
-plugin subclasses Strategy and registers under the `mpinn.strategies` entry point group.
+plugin subclasses Strategy and registers under the `mpinn.strategies` entry point group;
+`get(name, **options)` makes one on the MPI world.
 """
 
+import hashlib
+import inspect
+import json
+
+import numpy as np
+
+from .. import plugins
+from ..errors import ConfigError, DataError
 from .arrays import ArrayComm
-from .comm import Comm, LocalComm, sums
+from .comm import Comm, LocalComm, sums, world
+from .watchdog import ranks_text
+
+SAMPLED_ROWS = 1024  # rows of an array in its digest, evenly spaced
+
+
+class DataDiffers(DataError):
+    """The ranks were given different data; raised on every rank alike."""
+
+    every_rank = True  # rank 0 alone reports it (see Comm.excepthook)
 
 
 class Strategy:
@@ -22,6 +40,25 @@ class Strategy:
     @property
     def size(self) -> int:
         return self.comm.size
+
+    def agree(self, model, data: dict) -> None:
+        """Before setup, on more than one rank: every rank takes rank 0's seed (shuffling
+        and dropout draw from it; setup gives every rank rank 0's weights), and must hold
+        rank 0's `data` (name -> array or None), compared by shape, dtype and a digest of
+        sampled rows. Raises DataDiffers, naming the ranks that differ."""
+        mine = {"seed": model.seed, **{name: array_digest(model.backend, array)
+                                       for name, array in data.items()}}
+        found = [json.loads(text) for text in
+                 self.comm.allgather_bytes(json.dumps(mine).encode())]
+        for name in data:
+            differ = [rank for rank, theirs in enumerate(found) if theirs[name] != found[0][name]]
+            if differ:
+                raise DataDiffers(
+                    f"fit: {ranks_text(differ)} {'has' if len(differ) == 1 else 'have'} other "
+                    f"data than rank 0: {name} is {found[differ[0]][name]} on rank {differ[0]} "
+                    f"but {found[0][name]} on rank 0 (every rank must pass fit the same arrays)")
+        if found[0]["seed"] != model.seed:
+            model.reseed(found[0]["seed"])
 
     def setup(self, model) -> None:
         """Before the first step, once the model is built and compiled. A subclass calls
@@ -85,3 +122,33 @@ class LocalStrategy(Strategy):
 
     def apply_gradients(self, model, local_samples, global_samples):
         model.optimizer.apply(model.params)
+
+
+def get(name: str, comm: "Comm | None" = None, **options) -> Strategy:
+    """The strategy plugin `name` on `comm` (the MPI world by default), with `options`
+    (e.g. get("ps", staleness=2)). In a world of one every strategy is the local step: the
+    options are checked by name, their values where there are more ranks."""
+    strategy_class = plugins.load(plugins.STRATEGIES, name)
+    parameters = inspect.signature(strategy_class).parameters.values()
+    if not any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters):
+        allowed = [parameter.name for parameter in parameters if parameter.name != "comm"]
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise ConfigError(f"strategy {name!r}: unknown option {unknown[0]!r}; allowed: "
+                              f"{', '.join(allowed) or 'none'}")
+    comm = comm or world()
+    if comm.size == 1:
+        return LocalStrategy(comm)
+    return strategy_class(comm=comm, **options)
+
+
+def array_digest(backend, array) -> str:
+    """Shape, dtype and a digest of up to SAMPLED_ROWS evenly spaced rows' bytes ("none"
+    for None): cheap, and it tells apart data sets that differ in order or content."""
+    if array is None:
+        return "none"
+    rows = np.unique(np.linspace(0, len(array) - 1, min(len(array), SAMPLED_ROWS),
+                                 dtype=np.int64))
+    sample = np.ascontiguousarray(backend.to_numpy(array[backend.asarray(rows)]))
+    digest = hashlib.blake2b(sample.tobytes(), digest_size=8).hexdigest()
+    return f"{list(array.shape)} {array.dtype} {digest}"

@@ -12,7 +12,15 @@ Modes:
 - `async`: every push is applied as it arrives (each worker's shard of a global batch is
   one update). With `staleness = s` a worker may be at most s pushes ahead of the slowest
   worker (s = 0 moves in lock step); without it there is no bound (Downpour-style).
-  `staleness_aware_lr` divides an update's learning rate by the gradient's staleness.
+  `staleness_aware_lr` divides an update's learning rate by the gradient's version lag.
+
+Two measures of staleness, which the server's report keeps apart:
+- lead: how many pushes a worker is ahead of the slowest one; `staleness` bounds it
+  (`lead_bound`), `largest_lead` is the most the server let through;
+- version lag: how many updates the server applied between the parameters a gradient was
+  computed on and the gradient's own update (`version_lag_histogram`). `staleness` does
+  not bound it: while one worker computes, the others keep pushing, so the lag grows with
+  the number of workers; lags of 6 are seen with two workers and `staleness = 2`.
 
 Every epoch ends with all workers done and the server's parameters broadcast to everyone,
 so validation and the epoch's figures use one model; the trained model is the server's.
@@ -53,7 +61,7 @@ class ParameterServerStrategy(Strategy):
         self.header = np.zeros(3)  # [version, samples, unused]
         self.version = 0
         self.updates_by_worker = Counter()
-        self.staleness_seen = Counter()
+        self.version_lags = Counter()
         self.largest_lead = 0
         self.busy_seconds = self.serving_seconds = 0.0
 
@@ -119,7 +127,7 @@ class ParameterServerStrategy(Strategy):
                 if arrival:
                     grad += self._incoming
                 self.updates_by_worker[worker] += 1
-                self.staleness_seen[self.version - version] += 1
+                self.version_lags[self.version - version] += 1
                 self.busy_seconds += time.perf_counter() - busy
             busy = time.perf_counter()
             model.optimizer.apply(model.params)
@@ -136,13 +144,13 @@ class ParameterServerStrategy(Strategy):
         for update in range(steps * self.workers):
             worker, version, samples = self._receive_push(model.params.grad)
             busy = time.perf_counter()
-            staleness = self.version - version
+            lag = self.version - version
             if samples:
-                scale = 1 / max(staleness, 1) if self.staleness_aware_lr else 1.0
+                scale = 1 / max(lag, 1) if self.staleness_aware_lr else 1.0
                 model.optimizer.apply(model.params, lr_scale=scale)
                 self.version += 1
             self.updates_by_worker[worker] += 1
-            self.staleness_seen[staleness] += 1
+            self.version_lags[lag] += 1
             pushes[worker] += 1
             waiting.append(worker)
             waiting = self._release(model, waiting, pushes)
@@ -169,10 +177,9 @@ class ParameterServerStrategy(Strategy):
         if not self.serves:
             return {}
         return {
-            "mode": self.mode, "staleness_bound": self.staleness,
+            "mode": self.mode, "lead_bound": self.staleness, "largest_lead": self.largest_lead,
             "updates_applied": self.version,
             "updates_by_worker": {str(w): n for w, n in sorted(self.updates_by_worker.items())},
-            "staleness_histogram": {str(s): n for s, n in sorted(self.staleness_seen.items())},
-            "largest_lead": self.largest_lead,
+            "version_lag_histogram": {str(lag): n for lag, n in sorted(self.version_lags.items())},
             "server_busy_share": round(self.busy_seconds / max(self.serving_seconds, 1e-9), 4),
         }

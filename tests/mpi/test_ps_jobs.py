@@ -32,7 +32,7 @@ def test_sync_mode_equals_allreduce_over_the_workers(tmp_path, launch, ranks):
         np.testing.assert_allclose(finals["ps"][name], value, rtol=1e-9, atol=1e-12,
                                    err_msg=name)
     report = records(tmp_path / "ps")[-1]
-    assert report["mode"] == "sync" and report["staleness_histogram"] == {
+    assert report["mode"] == "sync" and report["version_lag_histogram"] == {
         "0": report["updates_applied"] * (ranks - 1)}
 
 
@@ -50,10 +50,10 @@ def test_async_reaches_095_and_the_server_record_keeps_the_bound(tmp_path, launc
     assert run.returncode == 0, run.stderr
     *epochs, report = records(tmp_path / "runs/digits")
     assert len(epochs) == 30 and epochs[-1]["val_accuracy"] >= 0.95
-    assert report["staleness_bound"] == staleness
+    assert report["lead_bound"] == staleness
     steps = 45  # ceil(1437 / 32) global batches per epoch, one push per worker each
     assert report["updates_by_worker"] == {"1": 30 * steps, "2": 30 * steps}
-    assert sum(report["staleness_histogram"].values()) == 2 * 30 * steps
+    assert sum(report["version_lag_histogram"].values()) == 2 * 30 * steps
     if staleness is not None:
         assert report["largest_lead"] <= staleness
 

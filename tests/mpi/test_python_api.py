@@ -1,0 +1,173 @@
+"""The Python API on real MPI: one script, run under `mpiexec -n K python script.py` and
+alone, trains one model data-parallel with `fit(strategy=...)`."""
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .conftest import MPIEXEC
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "data_parallel.py"
+BROKEN_MPI = {"MPI4PY_LIBMPI": "/nonexistent/libmpi.so.12"}  # mpi4py fails to load MPI
+
+# argv: strategy ("none", "allreduce", or "ps": mpinn.strategy("ps", staleness=2)), output
+# folder; MPINN_TEST_FAIL="rank:before" or "rank:fit" raises there, MPINN_TEST_OTHER_DATA
+# gives one rank other data
+SCRIPT = """
+import os, sys
+import numpy as np
+import mpinn
+from mpinn import Dense, Sequential
+from mpinn.data import load_digits
+
+name, out = sys.argv[1], sys.argv[2]
+world = mpinn.world()
+fail = os.environ.get("MPINN_TEST_FAIL", "")
+
+
+class FailAtStep(mpinn.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 5:
+            raise RuntimeError("injected failure in fit")
+
+
+if fail == f"{world.rank}:before":
+    raise RuntimeError("injected failure before fit")
+x, y = load_digits()
+if os.environ.get("MPINN_TEST_OTHER_DATA") == str(world.rank):
+    x = x[::-1]
+# rank 0's seed holds for all: the others draw their own, and take rank 0's in fit
+model = Sequential([Dense(32, activation="relu", input_shape=(64,)),
+                    Dense(10, activation="softmax")], seed=7 if world.rank == 0 else None)
+model.compile(optimizer=mpinn.SGD(learning_rate=0.1), loss="sparse_categorical_crossentropy",
+              metrics=["accuracy"])
+strategy = {"none": None, "ps": mpinn.strategy("ps", staleness=2)}.get(name, name)
+history = model.fit(x, y, batch_size=64, epochs=1000 if fail else 3, validation_split=0.1,
+                    strategy=strategy,
+                    callbacks=[FailAtStep()] if fail == f"{world.rank}:fit" else [])
+np.savez(f"{out}/weights-{world.rank}.npz", *model.get_weights())
+if world.rank == 0:
+    print(f"trained on {world.size} rank(s): loss {history.history['loss'][-1]:.6f}")
+    report = getattr(strategy, "report", dict)()
+    if report:
+        print(f"report: {report}")
+"""
+
+
+def run(tmp_path, ranks, *args, env=None, timeout=60):
+    """`python args...` under mpiexec -n `ranks`, or alone with ranks=None, in tmp_path
+    (where the script lies, as train.py)."""
+    if ranks and MPIEXEC is None:
+        pytest.skip("mpiexec is not installed (pip install -e '.[dev]')")
+    (tmp_path / "train.py").write_text(SCRIPT)
+    command = [sys.executable, *args]
+    if ranks:
+        command = [MPIEXEC, "-n", str(ranks), *command]
+    environment = {**os.environ, "OPENBLAS_NUM_THREADS": "1", **(env or {})}
+    started = time.monotonic()
+    result = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True,
+                            text=True, timeout=timeout)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def train(tmp_path, ranks, strategy, env=None):
+    """(every rank's trained weights, rank 0's output) of the script."""
+    out = tmp_path / f"run-{len(list(tmp_path.glob('run-*')))}"
+    out.mkdir()
+    result = run(tmp_path, ranks, "train.py", strategy, str(out), env=env)
+    assert result.returncode == 0, result.stderr
+    weights = [list(np.load(path).values()) for path in sorted(out.glob("weights-*.npz"))]
+    return weights, result.stdout
+
+
+def final_loss(stdout: str) -> float:
+    return float(re.search(r"trained on .*: loss (\S+)", stdout).group(1))
+
+
+@pytest.fixture
+def alone(tmp_path):
+    """One process, no strategy: the reference weights and output."""
+    (weights,), stdout = train(tmp_path, None, "none")
+    return weights, stdout
+
+
+@pytest.mark.timeout(120)
+def test_allreduce_trains_the_single_process_model(tmp_path, alone):
+    reference, expected = alone
+    weights, stdout = train(tmp_path, 2, "allreduce")
+    assert len(weights) == 2
+    for mine, rank0 in zip(weights[1], weights[0], strict=True):
+        np.testing.assert_array_equal(mine, rank0)  # every rank applies the same step
+    # the ranks add two half-batch gradients where one process sums the whole batch: the
+    # same float32 numbers in another order. After 78 SGD steps the weights (of order 1)
+    # differ by a float32 rounding or two (1.5e-7 measured); 1e-6 leaves room for BLAS's
+    # own summation order on other machines
+    largest = max(float(np.abs(mine - theirs).max())
+                  for mine, theirs in zip(weights[0], reference, strict=True))
+    assert largest < 1e-6, largest
+    assert final_loss(stdout) == pytest.approx(final_loss(expected), rel=1e-5)
+    # rank 0 alone prints: fit's progress, and the script's own line
+    assert stdout.count("Epoch 1/3") == 1 and stdout.count("trained on 2 rank(s)") == 1
+
+
+@pytest.mark.timeout(120)
+def test_ps_with_one_worker_trains_the_single_process_model(tmp_path, alone):
+    reference, _ = alone
+    weights, stdout = train(tmp_path, 2, "ps")
+    # one worker pushes whole global batches, which the server applies in order: the
+    # single-process computation, number for number; every epoch ends with the server's
+    # parameters on every rank
+    for rank_weights in weights:
+        for mine, theirs in zip(rank_weights, reference, strict=True):
+            np.testing.assert_array_equal(mine, theirs)
+    assert "'lead_bound': 2" in stdout and "'version_lag_histogram': {'0': 78}" in stdout
+    assert stdout.count("Epoch 3/3") == 1
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("strategy, env", [("allreduce", None), ("ps", None),
+                                           ("allreduce", BROKEN_MPI)],
+                         ids=["allreduce", "ps", "allreduce-without-mpi"])
+def test_the_script_alone_trains_as_without_a_strategy(tmp_path, alone, strategy, env):
+    reference, expected = alone
+    (weights,), stdout = train(tmp_path, None, strategy, env)
+    for mine, theirs in zip(weights, reference, strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+    assert stdout.splitlines()[-1] == expected.splitlines()[-1]  # "trained on 1 rank(s)..."
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["1:before", "1:fit", "0:fit"])
+def test_an_exception_on_one_rank_ends_the_job(tmp_path, where):
+    result = run(tmp_path, 2, "train.py", "allreduce", str(tmp_path),
+                 env={"MPINN_TEST_FAIL": where}, timeout=45)
+    assert result.returncode != 0
+    assert result.seconds < 15  # not 1000 epochs, not the watchdog's 600 s
+    rank = where.split(":")[0]
+    assert f"[rank {rank}/2 " in result.stderr
+    assert "RuntimeError: injected failure" in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_ranks_with_other_data_refuse_in_one_line(tmp_path):
+    result = run(tmp_path, 2, "train.py", "allreduce", str(tmp_path),
+                 env={"MPINN_TEST_OTHER_DATA": "1"}, timeout=45)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if "DataDiffers:" in line]
+    assert len(lines) == 1, result.stderr  # rank 0 alone says it
+    assert "fit: rank 1 has other data than rank 0: x is [1617, 64] float32 " in lines[0]
+
+
+@pytest.mark.timeout(120)
+def test_the_example_trains_on_two_ranks_and_prints_once(tmp_path):
+    result = run(tmp_path, 2, str(EXAMPLE), "--epochs", "2")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("Epoch 2/2") == 1
+    assert result.stdout.count("2 rank(s): test loss") == 1
