@@ -4,7 +4,8 @@ Layout (readable with plain h5py or h5dump):
 
     /                         attrs: format, format_version, mpinn_version, epoch, step,
                                      iterations, world_size, strategy, backend, dtype,
-                                     config (the job as TOML text, may be empty)
+                                     config (the job as TOML text, may be empty),
+                                     run_id (the run's id, kept across resumes; optional)
     /params/<layer>/<name>    parameters, one float dataset each
     /optimizer/<slot>/<layer>/<name>   optimizer state (e.g. adam/grad_sum), laid out like params
     /data                     attrs: epoch, step (global batches done in that epoch), seed
@@ -34,15 +35,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import __version__
+from . import __version__, rundir
 from .errors import DataError, NonFiniteError, StorageError
-from .rundir import process_running
 
 FORMAT = "mpinn.checkpoint"
 FORMAT_VERSION = 2
 NAME_PATTERN = "ckpt-{iterations:09d}.h5"
 NAME_RE = re.compile(r"^ckpt-(\d{9})\.h5$")
-TEMPORARY_RE = re.compile(r"^\.ckpt-\d{9}\.h5\.tmp-(\d+)$")
+TEMPORARY_RE = re.compile(r"^\.(?:ckpt-\d{9}|final)\.h5\.tmp-(\d+)$")
 # top-level group -> (name parts of its datasets, 0 for none; what mpinn writes there)
 LAYOUT = {
     "params": (3, "params/<layer>/<name>"),
@@ -54,6 +54,7 @@ LAYOUT = {
 REQUIRED_GROUPS = ("params", "data", "rng", "history")
 COUNT_LIMIT = 2**53  # epochs, steps and ranks stay exact as floats too
 LINE_LIMIT = 256  # characters in a name or a one-line attribute
+RUN_ID_LIMIT = 64  # characters in a run id
 TEXT_LIMIT = 2**20  # characters in the stored job or in one RNG state
 # what h5py raises on a damaged file: mostly OSError, some failures as other built-ins
 READ_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError, IndexError,
@@ -129,19 +130,25 @@ def _described(group: str) -> str:
 
 # -------------------------------------------------------------------------- writing
 def save(path, model, *, epoch: int = 0, step: int = 0, history=None, config: str = "",
-         world_size: int = 1, strategy: str = "local") -> Path:
-    """Write `model` (parameters, optimizer state, RNG states) and the run's position.
+         world_size: int = 1, strategy: str = "local", run_id: "str | None" = None) -> Path:
+    """Write `model` (parameters, optimizer state, RNG states), the run's position and,
+    when given, the run's id.
 
     NaN or Inf in a tensor raises NonFiniteError before anything is written; a failed
     write raises StorageError. Either way the previous file at `path` is untouched and
     the temporary file is gone."""
     path = Path(path)
+    if run_id is not None and not _is_run_id(run_id):
+        raise ValueError(f"run_id must be printable text of 1 to {RUN_ID_LIMIT} characters; "
+                         f"received: run_id={run_id!r}")
     _check_finite(path, model)
     iterations = model.optimizer.iterations if model.optimizer else 0
     attrs = {"format": FORMAT, "format_version": FORMAT_VERSION, "mpinn_version": __version__,
              "epoch": epoch, "step": step, "iterations": iterations,
              "world_size": world_size, "strategy": strategy, "backend": model.backend.name,
              "dtype": str(model.dtype), "config": config}
+    if run_id is not None:
+        attrs["run_id"] = run_id
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         _write(temporary, model, attrs, history or {})
@@ -450,13 +457,16 @@ def _history(path: Path, datasets: dict, epoch: int) -> dict[str, list[float]]:
 
 # ------------------------------------------------------------------------ attributes
 def _root_attrs(path: Path, file) -> dict:
-    """The root attributes mpinn writes, each checked; "config" may be missing (as "")."""
+    """The root attributes mpinn writes, each checked; "config" may be missing (as ""),
+    "run_id" too (as None: checkpoints written before runs had ids)."""
     checks = {"format": _line, "format_version": _integer(), "mpinn_version": _line,
               "epoch": _integer(), "step": _integer(), "iterations": _integer(),
               "world_size": _integer(low=1), "strategy": _line, "backend": _line,
               "dtype": _one_of("float32", "float64")}
     attrs = {name: _attribute(path, file, name, check) for name, check in checks.items()}
     attrs["config"] = _attribute(path, file, "config", _job) if "config" in file.attrs else ""
+    attrs["run_id"] = (_attribute(path, file, "run_id", _run_id) if "run_id" in file.attrs
+                       else None)
     for name in ("epoch", "step"):
         if attrs[name] > attrs["iterations"]:
             raise DataError(f"{path}: refused: attribute {name!r} is {attrs[name]}, more than "
@@ -528,6 +538,17 @@ def _line(value) -> str:
     if text is not None and _is_safe_name(text):
         return text
     raise ValueError(f"one printable line of at most {LINE_LIMIT} characters")
+
+
+def _is_run_id(text: str) -> bool:
+    return 0 < len(text) <= RUN_ID_LIMIT and text.isprintable()
+
+
+def _run_id(value) -> str:
+    text = _text(value)
+    if text is not None and _is_run_id(text):
+        return text
+    raise ValueError(f"printable text of 1 to {RUN_ID_LIMIT} characters")
 
 
 def _job(value) -> str:
@@ -676,5 +697,5 @@ def remove_strays(directory) -> None:
     more here (a crash, kill -9); another live job's files are left alone."""
     for path in Path(directory).iterdir():
         found = TEMPORARY_RE.match(path.name)
-        if found and not process_running(int(found.group(1))):
+        if found and not rundir.process_running(int(found.group(1))):
             path.unlink(missing_ok=True)
