@@ -4,12 +4,14 @@ __version__ = "0.1.0"
 
 from . import activations, callbacks, data, initializers, losses, metrics, optim, regularizers
 from .backend import Backend, BackendUnavailable, get_backend
-from .callbacks import Callback, EarlyStopping, History
+from .building import load_model
+from .callbacks import Callback, EarlyStopping, History, MetricsLog, ModelCheckpoint
+from .dist.comm import world
+from .dist.strategy import get as strategy
 from .errors import ConfigError, DataError, MpinnError, PluginError
-from .layers import Activation, Dense, Dropout, Layer
+from .layers import Activation, Dense, Dropout, Layer, Rescale
 from .model import Sequential
 from .optim import SGD, Adagrad, Adam, AdamW, RMSprop, schedules
-from .saving import load_model
 
 __all__ = [
     "SGD",
@@ -27,9 +29,12 @@ __all__ = [
     "EarlyStopping",
     "History",
     "Layer",
+    "MetricsLog",
+    "ModelCheckpoint",
     "MpinnError",
     "PluginError",
     "RMSprop",
+    "Rescale",
     "Sequential",
     "__version__",
     "activations",
@@ -43,4 +48,6 @@ __all__ = [
     "optim",
     "regularizers",
     "schedules",
+    "strategy",
+    "world",
 ]

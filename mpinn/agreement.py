@@ -16,10 +16,10 @@ import traceback
 import numpy as np
 
 from . import __version__
+from .dist.strategy import array_digest
 from .dist.watchdog import ranks_text
 from .errors import MpinnError
 
-SAMPLED_ROWS = 1024  # rows of x in the content digest, evenly spaced
 FINE, BAD_INPUT, CRASHED = 0, 1, 2
 
 
@@ -45,22 +45,12 @@ def fingerprint(prepared, comm) -> dict[str, str]:
     for part, arrays in (("training data", prepared.train),
                          ("validation data", prepared.validation)):
         for name, array in zip("xy", arrays or (None, None), strict=True):
-            found[f"{part} {name}"] = "none" if array is None else _array_digest(
-                model.backend, array)
+            found[f"{part} {name}"] = array_digest(model.backend, array)
     resumed = prepared.resumed
     found["resumed checkpoint"] = "none" if resumed is None else (
         f"{resumed.path.name} (epoch {resumed.data.get('epoch')}, step "
         f"{resumed.data.get('step')}, {resumed.attrs['iterations']} optimizer steps)")
     return found
-
-
-def _array_digest(backend, array) -> str:
-    """Shape, dtype and a digest of up to SAMPLED_ROWS evenly spaced rows' bytes."""
-    rows = np.unique(np.linspace(0, len(array) - 1, min(len(array), SAMPLED_ROWS),
-                                 dtype=np.int64))
-    sample = np.ascontiguousarray(backend.to_numpy(array[backend.asarray(rows)]))
-    digest = hashlib.blake2b(sample.tobytes(), digest_size=8).hexdigest()
-    return f"{list(array.shape)} {array.dtype} {digest}"
 
 
 def agree(comm, error: "BaseException | None", found: "dict[str, str] | None",

@@ -10,6 +10,7 @@ import numpy as np
 
 from . import checkpoint
 from .errors import ConfigError, MpinnError, StorageError, choose
+from .saving import model_job_text
 
 
 class Callback:
@@ -151,13 +152,15 @@ class ProgressLogger(_EpochClock):
 
 
 class MetricsLog(_EpochClock):
-    """Appends one JSON line per epoch (the logs, time and throughput, `fields`, and what
-    each of `extras()` returns) to `path`. NaN and Inf are written as null: every line
-    is valid JSON."""
+    """Appends one JSON line per epoch (the logs, time and throughput, `fields`, what
+    each of `extras()` returns, then the UTC time and, when given, the run's id) to
+    `path`. NaN and Inf are written as null: every line is valid JSON."""
 
-    def __init__(self, path, samples: int, extras=(), **fields):
+    def __init__(self, path, samples: int, extras=(), run_id: "str | None" = None,
+                 **fields):
         super().__init__(samples)
         self.path, self.fields, self.extras = Path(path), fields, list(extras)
+        self.run_id = run_id
 
     def on_epoch_end(self, epoch, logs=None):
         record = {"epoch": epoch + 1, **(logs or {}),
@@ -165,6 +168,9 @@ class MetricsLog(_EpochClock):
                   "samples_per_second": round(self.samples_per_second(), 1), **self.fields}
         for extra in self.extras:
             record.update(extra())
+        record["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        if self.run_id is not None:
+            record["run"] = self.run_id
         try:
             with self.path.open("a") as file:
                 file.write(json_line(record))
@@ -186,7 +192,8 @@ class ModelCheckpoint(Callback):
     A write that fails (a full disk, non-finite parameters) raises, or, with `on_error`,
     is handed to it (so that every rank can stop together); the previous checkpoint
     stays. No checkpoint is written after a step or epoch whose loss is NaN or Inf.
-    `last` is the newest checkpoint written, at first the one the run resumed from."""
+    `last` is the newest checkpoint written, at first the one the run resumed from.
+    `attrs` (config, world_size, strategy, run_id) go to `checkpoint.save`."""
 
     def __init__(self, directory, every_epochs: int = 1, every_steps: int = 0,
                  keep: int = 3, steps_per_epoch: int = 0, on_error=None, last=None,
@@ -230,9 +237,10 @@ class ModelCheckpoint(Callback):
         iterations = self.model.optimizer.iterations
         history = {key: values[:epoch] for key, values in self.model.history.history.items()}
         path = checkpoint.checkpoint_path(self.directory, iterations)
+        attrs = self.attrs if "config" in self.attrs else {
+            **self.attrs, "config": model_job_text(self.model)}  # so load_model can rebuild it
         try:
-            checkpoint.save(path, self.model, epoch=epoch, step=step, history=history,
-                            **self.attrs)
+            checkpoint.save(path, self.model, epoch=epoch, step=step, history=history, **attrs)
             self.written, self.last = iterations, path
             try:
                 checkpoint.prune(self.directory, self.keep, written=path)

@@ -7,7 +7,9 @@ the value. `--set key.path=value` overrides go through the same checks.
 
 import copy
 import math
+import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -23,10 +25,13 @@ SCHEMA = {
         "name": (str, "run"),
         "directory": (str, "runs"),
         "seed": (int, 0),
+        "threads": (int, 0),  # BLAS and OpenMP threads per rank; 0: fit the node
     },
     "data": {
         "dataset": (str, "digits"),
         "validation_split": (float, 0.2),
+        "split_seed": (int, 0),
+        "validation": (dict, {}),  # loader arguments of a separate validation set
     },
     "model": {
         "layers": (list, REQUIRED),
@@ -69,15 +74,16 @@ SCHEMA = {
 OPEN_SECTIONS = {"data", "optimizer", "strategy"}
 POSITIVE = {"training.epochs", "training.batch_size", "optimizer.learning_rate",
             "checkpoint.keep"}
-NOT_NEGATIVE = {"checkpoint.every_epochs", "checkpoint.every_steps", "watchdog.warn_seconds",
-                "watchdog.abort_seconds"}
+NOT_NEGATIVE = {"run.threads", "checkpoint.every_epochs", "checkpoint.every_steps",
+                "watchdog.warn_seconds", "watchdog.abort_seconds"}
 TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
               list: "an array", dict: "a table"}
 
 
 @dataclass(frozen=True)
 class Job:
-    """A validated job: `sections[section][key]`, read-only; `text` is the job as TOML."""
+    """A validated job: `sections[section][key]`, read-only; `text` is the resolved job as
+    TOML (every default and override written out: what a checkpoint stores)."""
 
     source: str
     sections: MappingProxyType
@@ -135,9 +141,58 @@ def parse_job(text: str, source: str = "job", overrides=()) -> Job:
                    for key, spec in keys.items()}
         extras = {key: value for key, value in given.items() if key not in keys}
         sections[section] = MappingProxyType({**checked, **extras})
-    job = Job(source, MappingProxyType(sections), _canonical_text(text, overrides))
+    _check_validation_set(source, raw.get("data", {}), sections)
+    job = Job(source, MappingProxyType(sections), dump_job(sections, overrides))
     _check_layers(job)
     return job
+
+
+def stored_job(text: str, source: str, overrides=()) -> Job:
+    """The job a checkpoint stores. Older versions stored the job as given, with `--set`
+    overrides as trailing comments, and drew the hold-out with run.seed: both are read as
+    they were meant."""
+    body, _, trailer = text.partition(OLD_OVERRIDES_MARKER)
+    given = [line[2:] for line in trailer.splitlines() if line.startswith("# ")]
+    try:
+        data = tomllib.loads(body).get("data")
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    if isinstance(data, dict) and "split_seed" not in data:
+        seed = parse_job(body, source, given)["run.seed"]
+        given.append(f"data.split_seed={seed}")
+    return parse_job(body, source, [*given, *overrides])
+
+
+def differences(job: Job, other: Job, ignore=(), only=None) -> list[str]:
+    """`key is value here but value there` for each key whose resolved values differ, in
+    the sections or dotted keys of `only` (all when None) but not of `ignore`."""
+    found = []
+    for section, keys in job.sections.items():
+        for key in sorted(set(keys) | set(other.sections[section])):
+            name = f"{section}.{key}"
+            if section in ignore or name in ignore or (
+                    only is not None and section not in only and name not in only):
+                continue
+            mine, theirs = keys.get(key), other.sections[section].get(key)
+            if mine != theirs:
+                found.append(f"{name} is {_shown(mine)} here but {_shown(theirs)} "
+                             f"in {other.source}")
+    return found
+
+
+def _check_validation_set(source: str, given: dict, sections: dict) -> None:
+    """A validation set of its own replaces the hold-out: give one or the other."""
+    data = sections["data"]
+    if not data["validation"]:
+        return
+    if given.get("validation_split"):
+        raise ConfigError(f"{source}: data.validation and data.validation_split are "
+                          "alternatives: give a validation set or a hold-out fraction, not both")
+    misplaced = sorted(set(data["validation"]) & set(SCHEMA["data"]) - {"dataset"})
+    if misplaced:
+        raise ConfigError(f"{source}: data.validation.{misplaced[0]}: give only the validation "
+                          "set's dataset and loader arguments (the others of [data] apply)")
+    sections["data"] = MappingProxyType({**data, "validation_split": 0.0})
 
 
 def _checked(source, path, value, spec):
@@ -189,6 +244,8 @@ def _apply_override(raw: dict, override: str, source: str) -> None:
         value = tomllib.loads(f"value = {value_text.strip()}")["value"]
     except tomllib.TOMLDecodeError:
         value = value_text.strip()
+    if SCHEMA[parts[0]].get(parts[1], (None,))[0] is str and len(parts) == 2:
+        value = value if isinstance(value, str) else value_text.strip()  # name=nan, name=1
     table = raw
     for part in parts[:-1]:
         table = table.setdefault(part, {})
@@ -197,8 +254,51 @@ def _apply_override(raw: dict, override: str, source: str) -> None:
     table[parts[-1]] = value
 
 
-def _canonical_text(text: str, overrides) -> str:
-    """The job as given, with any overrides recorded after it."""
-    if not overrides:
-        return text
-    return text + "\n# --set overrides:\n" + "".join(f"# {item}\n" for item in overrides)
+OLD_OVERRIDES_MARKER = "\n# --set overrides:\n"
+BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def dump_job(sections, overrides=()) -> str:
+    """The resolved job as TOML that parse_job reads back to the same sections."""
+    lines = ["# The resolved job: every default and override written out."]
+    lines += [f"# --set {item}" for item in overrides if item.isprintable()]
+    for section, keys in sections.items():
+        lines += ["", f"[{section}]"]
+        for key, value in keys.items():
+            if section == "model" and key == "layers":
+                lines += ["layers = ["] + [f"    {toml_value(layer)}," for layer in value] + ["]"]
+            else:
+                lines.append(f"{_key(key)} = {toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _shown(value) -> str:
+    return "not set" if value is None else toml_value(value)
+
+
+def _key(key: str) -> str:
+    return key if BARE_KEY.fullmatch(key) else _string(key)
+
+
+def _string(text: str) -> str:
+    """A TOML basic string: quote, backslash and control characters escaped."""
+    escaped = "".join(
+        char if char not in '"\\' and (char == "\t" or (ord(char) >= 0x20 and char != "\x7f"))
+        else f"\\u{ord(char):04x}" for char in text)
+    return f'"{escaped}"'
+
+
+def toml_value(value) -> str:
+    """A value as TOML (inline tables for tables)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return _string(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{_key(k)} = {toml_value(v)}" for k, v in value.items()
+                                if v is not None) + " }" if value else "{}"
+    raise TypeError(f"cannot write {value!r} as TOML")

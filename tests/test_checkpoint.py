@@ -366,6 +366,14 @@ REFUSALS = {
                  "expected a JSON object of at most 1,048,576 characters"),
     "rng-name": (with_attr("drop\nout_0", "{}", "rng"),
                  "refused: the RNG state name 'drop\\nout_0' is not one mpinn writes"),
+    "run-id-two-lines": (with_attr("run_id", "run\n1"),
+                         "refused: attribute 'run_id' is 'run\\n1', expected printable text "
+                         "of 1 to 64 characters"),
+    "run-id-long": (with_attr("run_id", "r" * 65), "refused: attribute 'run_id' is 'rrr"),
+    "run-id-empty": (with_attr("run_id", ""), "refused: attribute 'run_id' is '', expected"),
+    "run-id-number": (with_attr("run_id", 7), "refused: attribute 'run_id' is 7, expected"),
+    "run-id-array": (with_attr("run_id", ["a", "b"]),
+                     "refused: attribute 'run_id' is not a single value"),
     # what only the model can tell
     "missing-dataset": (removed(BIAS), "parameters do not fit the model (missing dense_1/bias)"),
     "wrong-shape": (replaced(BIAS, **checksummed(np.zeros(7, F4))),
@@ -659,6 +667,24 @@ def test_an_error_that_is_not_the_file_systems_is_no_storage_error(tmp_path, mon
     assert not isinstance(info.value, StorageError) and os.listdir(tmp_path) == []
 
 
+# --------------------------------------------------------------------------- run ids
+def test_a_checkpoint_keeps_its_run_id_and_older_ones_read_without_one(
+        tmp_path, good_checkpoint):
+    model = small_model()
+    model.build()
+    path = checkpoint.save(tmp_path / "ckpt.h5", model, run_id="20261201-051000-3fa2")
+    assert checkpoint.read(path).attrs["run_id"] == "20261201-051000-3fa2"
+    with h5py.File(good_checkpoint) as file:  # as every checkpoint before run ids
+        assert "run_id" not in file.attrs
+    assert checkpoint.read(good_checkpoint).attrs["run_id"] is None
+
+
+def test_a_malformed_run_id_is_never_written(tmp_path):
+    with pytest.raises(ValueError, match=r"received: run_id='a\\nb'"):
+        checkpoint.save(tmp_path / "bad.h5", small_model(), run_id="a\nb")
+    assert os.listdir(tmp_path) == []
+
+
 # ------------------------------------------------------------ latest valid checkpoint
 def test_latest_valid_skips_damaged_and_non_finite_checkpoints_and_says_so(
         tmp_path, good_checkpoint):
@@ -700,12 +726,13 @@ def test_inspect_evaluate_predict(tmp_path):
     final = tmp_path / "run" / "final.h5"
     shown = run(["inspect", str(final)], tmp_path)
     assert shown.returncode == 0, shown.stderr
-    for fragment in ("mpinn.checkpoint v2", "epoch 4, step 0", "dense_0/kernel",
+    for fragment in ("mpinn.checkpoint v2", "position: after epoch 4,", "dense_0/kernel",
                      "(64, 16)", "adam/grad_sum", "history val_accuracy: 4 epochs",
                      "checksums: verified (12 tensors, all finite)", 'name = "adam"'):
         assert fragment in shown.stdout
     evaluated = run(["evaluate", str(final)], tmp_path)
-    assert evaluated.returncode == 0 and "validation hold-out (359 samples)" in evaluated.stdout
+    assert evaluated.returncode == 0 and evaluated.stdout.startswith(
+        "the validation hold-out (0.2 of the data, split_seed 0), 359 samples: loss: ")
     np.save(tmp_path / "x.npy", load_digits().x[:5])
     predicted = run(["predict", str(final), "x.npy", "-o", "out.npy"], tmp_path)
     assert predicted.returncode == 0, predicted.stderr
@@ -728,3 +755,19 @@ def test_inspect_reads_every_tensor_and_exits_2_on_a_bad_one(tmp_path, good_chec
     assert shown.returncode == 2 and shown.stdout == ""
     assert shown.stderr.startswith(f"mpinn: error: {path}: {message}")
     assert len(shown.stderr.splitlines()) == 1
+
+
+def test_python_api_checkpoints_and_metrics_log_reload_as_trained(tmp_path):
+    x, y = load_digits()
+    model = mpinn.Sequential([mpinn.Rescale(0.5), mpinn.Dense(10, activation="softmax")],
+                             seed=0)
+    model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
+    model.fit(x, y, epochs=3, verbose=0, callbacks=[
+        mpinn.ModelCheckpoint(tmp_path / "checkpoints", keep=2),
+        mpinn.MetricsLog(tmp_path / "metrics.jsonl", len(x))])
+    newest = checkpoint.list_checkpoints(tmp_path / "checkpoints")
+    assert len(newest) == 2
+    restored = mpinn.load_model(newest[0])  # the model's own job: no job file needed
+    assert restored.evaluate(x, y, return_dict=True) == model.evaluate(x, y, return_dict=True)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2, 3] and "time" in lines[0]

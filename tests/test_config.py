@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 
 from mpinn import ConfigError
-from mpinn.config import default_job_text, load_job, parse_job
+from mpinn.building import build_model, build_optimizer
+from mpinn.config import default_job_text, differences, load_job, parse_job, stored_job, toml_value
 from mpinn.dist import LocalComm
-from mpinn.runner import build_model, build_optimizer, prepare
+from mpinn.runner import prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 MINIMAL = """
@@ -36,8 +37,52 @@ def test_overrides_are_parsed_as_toml_and_recorded():
                                         "optimizer.momentum=0.9", "optimizer.name='sgd'"])
     assert job["training.epochs"] == 5 and job["model.backend"] == "numpy"
     assert job.extras("optimizer") == {"momentum": 0.9}
-    assert "# training.epochs=5" in job.text
     assert build_optimizer(job).momentum == 0.9
+    resolved = parse_job(job.text, "stored")  # the text holds every override, resolved
+    assert resolved.sections == job.sections and resolved.text == parse_job(job.text).text
+    assert "# --set training.epochs=5" in job.text  # and says where they came from
+
+
+def test_the_resolved_text_round_trips_any_string_and_key():
+    names = ["tab\there", 'quote " and \\ backslash', "new\nline", "del\x7f", "é ✓ 𝄞",
+             "\x00nul"]
+    for name in names:
+        job = parse_job(MINIMAL + '[strategy]\n"odd key" = 1\n',
+                        overrides=[f"run.name={toml_value(name)}"])
+        again = parse_job(job.text)
+        assert again["run.name"] == name and again.extras("strategy") == {"odd key": 1}
+
+
+def test_a_string_key_takes_the_text_that_toml_would_read_as_a_number():
+    job = parse_job(MINIMAL, overrides=["run.name=nan", "data.dataset=inf", "run.directory=1"])
+    assert (job["run.name"], job["data.dataset"], job["run.directory"]) == ("nan", "inf", "1")
+
+
+def test_older_stored_jobs_read_as_they_were_meant():
+    older = MINIMAL.replace("[training]", "[run]\nseed = 7\n[data]\nvalidation_split = 0.2\n"
+                            "[training]") + "\n# --set overrides:\n# model.dtype=float64\n"
+    job = stored_job(older, "old.h5")
+    assert job["model.dtype"] == "float64"  # the override comment applies
+    assert job["data.split_seed"] == 7  # older versions drew the hold-out with run.seed
+    assert stored_job(parse_job(MINIMAL).text, "new.h5")["data.split_seed"] == 0
+
+
+def test_a_validation_set_replaces_the_hold_out():
+    job = parse_job(MINIMAL, overrides=['data.validation={ path = "val.npz" }'])
+    assert job["data.validation_split"] == 0.0 and job["data.validation"] == {"path": "val.npz"}
+    with pytest.raises(ConfigError, match="data.validation and data.validation_split are "
+                                          "alternatives"):
+        parse_job(MINIMAL, overrides=['data.validation={ path = "val.npz" }',
+                                      "data.validation_split=0.1"])
+    with pytest.raises(ConfigError, match="data.validation.split_seed: give only"):
+        parse_job(MINIMAL, overrides=["data.validation={ split_seed = 3 }"])
+
+
+def test_differences_name_each_key_and_both_values():
+    one = parse_job(MINIMAL, "a.toml")
+    other = parse_job(MINIMAL, "b.toml", ["optimizer.learning_rate=0.01", "training.epochs=9"])
+    assert differences(one, other, ignore={"training.epochs"}) == [
+        "optimizer.learning_rate is 0.001 here but 0.01 in b.toml"]
 
 
 @pytest.mark.parametrize("text, overrides, message", [

@@ -1,0 +1,115 @@
+"""`mpinn evaluate` and `mpinn predict`: a checkpoint used as it was trained. Its stored job
+rebuilds the model and names the data (the run's own validation set, drawn as in
+training); under mpirun every rank takes a shard and rank 0 speaks."""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import checkpoint
+from .building import load_data, load_dataset, model_from, stored
+from .config import Job
+from .dist.strategy import Strategy
+from .errors import ConfigError, DataError, MpinnError, StorageError
+from .inputs import features
+from .model import Sequential
+
+DATA_SUFFIXES = {".npz": "npz", ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5"}
+
+
+@dataclass
+class Evaluation:
+    """A checkpoint's model and the data to score it on, named in words."""
+
+    model: Sequential
+    x: object
+    y: object
+    what: str
+    batch_size: int
+
+    def run(self, comm) -> dict:
+        """Loss and metrics, each rank scoring its shard with the training's batch size, so
+        that the figures are the training's own for the same data and world size."""
+        strategy = Strategy(comm)
+        strategy.setup(self.model)
+        return self.model._evaluate_checked(self.x, self.y, self.batch_size, strategy)
+
+
+def restored(path, overrides=()) -> tuple[Sequential, Job, Job]:
+    """(model with the checkpoint's weights, the stored job, the job with `overrides`);
+    only the data and the backend may be overridden: the model is the checkpoint's."""
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if not (key.startswith("data.") or key == "model.backend"):
+            raise ConfigError(f"--set {item!r}: only data.* keys and model.backend can be set "
+                              "here; the model is the checkpoint's")
+    found = checkpoint.read(path)
+    job = stored(found, overrides=overrides)
+    model = model_from(found, job)
+    checkpoint.restore(model, found)
+    return model, stored(found), job
+
+
+def prepare_evaluation(path, data_file=None, overrides=()) -> Evaluation:
+    """What `mpinn evaluate` scores: every sample of `data_file`; every sample of the data
+    when `overrides` change where it comes from; else the run's validation set."""
+    model, trained, job = restored(path, overrides)
+    if model.loss is None:
+        raise MpinnError(f"{path}: the stored model has no loss to evaluate")
+    if data_file is not None:
+        (x, y), what = _file_data(job, data_file), f"{data_file}"
+    elif job["data.dataset"] != trained["data.dataset"] or (
+            job.extras("data") != trained.extras("data")):
+        (x, y), what = load_dataset(job, job["data.dataset"], job.extras("data")), (
+            f"dataset {job['data.dataset']!r}")
+    else:
+        train, validation = load_data(job)
+        (x, y), what = (validation, _validation_text(job)) if validation is not None else (
+            train, "the training data (the job has no validation set)")
+    x, y = model._checked(x, y)
+    return Evaluation(model, x, y, f"{what}, {len(x)} samples", job["training.batch_size"])
+
+
+def _file_data(job: Job, data_file):
+    """All of a .npz or HDF5 file, read with the job's array names when its loader is the
+    same."""
+    name = DATA_SUFFIXES.get(Path(data_file).suffix.lower())
+    if name is None:
+        raise ConfigError(f"--data {data_file}: give a .npz or HDF5 (.h5, .hdf5) file, or "
+                          "choose other data with --set data.dataset=... and its arguments")
+    arguments = {**job.extras("data"), "path": str(data_file)} if (
+        name == job["data.dataset"]) else {"path": str(data_file)}
+    return load_dataset(job, name, arguments, "--data")
+
+
+def _validation_text(job: Job) -> str:
+    if job["data.validation"]:
+        return "the validation set (data.validation)"
+    return (f"the validation hold-out ({job['data.validation_split']:g} of the data, "
+            f"split_seed {job['data.split_seed']})")
+
+
+def prepare_prediction(path, inputs) -> tuple[Sequential, np.ndarray]:
+    """The checkpoint's model and the samples of INPUT.npy, checked against it."""
+    model, _, _ = restored(path)
+    try:
+        x = np.load(inputs, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{inputs}: not a readable .npy array ({exc})") from exc
+    return model, features(x, model.input_dim, str(inputs), f"layer {model.layers[0].name!r}")
+
+
+def save_array(path, array: np.ndarray) -> None:
+    """Write a .npy file whole or not at all (an earlier file of that name survives a full
+    disk)."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as file:
+            np.save(file, array)
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise StorageError(f"cannot write {path}: {exc.strerror}") from exc
