@@ -38,6 +38,10 @@ class Backend:
         nothing to add)."""
         return ""
 
+    def where(self) -> str:
+        """The device this process computes on, in a word or two ("host", "GPU 1")."""
+        return "host"
+
     def asarray(self, array, dtype=None):
         """`array` (host memory) as an array of this backend."""
         raise NotImplementedError

@@ -5,9 +5,7 @@ in `prepare`, before the first collective, so that a bad job ends every rank wit
 same one-line message instead of leaving some of them waiting in an Allreduce.
 """
 
-import inspect
 import os
-import socket
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -15,23 +13,22 @@ from pathlib import Path
 
 import numpy as np
 
-from . import checkpoint, optim, plugins
+from . import checkpoint
 from .agreement import SetupFailed, agree, fingerprint
-from .backend import get_backend
+from .building import build_model, load_backend, load_data, load_strategy, stored
 from .callbacks import Callback, History, MetricsLog, ModelCheckpoint, ProgressLogger, json_line
-from .config import Job, load_job
-from .data import train_test_split
+from .config import Job, differences, load_job
 from .dist.comm import Comm, world
 from .dist.watchdog import StalledStop
-from .errors import ConfigError, DataError, MpinnError, StorageError
-from .layers import Activation, Dense, Dropout
+from .errors import ConfigError, MpinnError, StorageError
+from .inputs import raw_pixel_note
 from .model import Sequential
-from .optim import schedules
 from .rundir import RunLock, probe_writable
-from .stopping import Diverged, Failed, StopAtStepBoundary, Stopped, StopRequests
+from .runs import earlier_run, move_aside, new_run_id
+from .stopping import Diverged, Failed, StopAtStepBoundary, Stopped, StopRequests, place
 from .stragglers import StragglerReport
+from .threads import ThreadPlan, fit_to_node
 
-LAYER_TYPES = {layer.kind: layer for layer in (Dense, Dropout, Activation)}
 FAILURE_VARIABLE = "MPINN_FAIL_AT"  # "rank:step": raise there, to test failure handling
 
 
@@ -46,133 +43,22 @@ class Prepared:
     resumed: "checkpoint.Checkpoint | None" = None
     locks: list[RunLock] = field(default_factory=list)  # rank 0's, on its directories
     saver: "ModelCheckpoint | None" = None  # rank 0's, once training starts
+    run_id: "str | None" = None  # rank 0's: kept across resumes
+    earlier: "str | None" = None  # rank 0's: another run's files, to move aside
+    changed: list[str] = field(default_factory=list)  # how the resumed job differed
+    threads: "ThreadPlan | None" = None  # this rank's BLAS and OpenMP threads
 
     @property
     def checkpoint_directory(self) -> Path:
         return Path(self.job["checkpoint.directory"] or self.run_directory)
 
+    @property
+    def metrics_log(self) -> Path:
+        return self.run_directory / self.job["logging.metrics_log"]
+
     def release(self) -> None:
         for lock in self.locks:
             lock.release()
-
-
-def _keyword_names(target) -> list[str]:
-    """Keyword arguments `target` accepts, following **kwargs up a class's bases."""
-    names = []
-    for owner in (target.__mro__ if inspect.isclass(target) else [target]):
-        function = owner.__init__ if inspect.isclass(target) else owner
-        if inspect.isclass(target) and "__init__" not in vars(owner):
-            continue
-        parameters = inspect.signature(function).parameters.values()
-        names += [p.name for p in parameters if p.name != "self" and p.name not in names
-                  and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
-            break
-    return names
-
-
-def _call_checked(where: str, target, kwargs: dict, fixed: "dict | None" = None):
-    """target(**fixed, **kwargs), with unknown keys and bad values named by `where`;
-    `fixed` are arguments the job does not set."""
-    fixed = fixed or {}
-    allowed = [name for name in _keyword_names(target) if name not in fixed]
-    unknown = sorted(set(kwargs) - set(allowed))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]}; allowed: "
-                          f"{', '.join(allowed) or 'none'}")
-    try:
-        return target(**fixed, **kwargs)
-    except MpinnError as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
-    except TypeError as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
-
-
-def load_backend(job: Job, comm: Comm):
-    """The job's backend, on the device that this rank's place on its node gives it."""
-    name = job["model.backend"]
-    try:
-        backend = get_backend(name)
-        backend.select_device(comm.local_rank)
-    except MpinnError as exc:
-        raise ConfigError(f"{job.source}: model.backend = {name!r}: {exc}") from exc
-    return backend
-
-
-def build_model(job: Job) -> Sequential:
-    layers = []
-    for index, spec in enumerate(job["model.layers"]):
-        options = dict(spec)
-        kind = options.pop("type")
-        where = f"{job.source}: model.layers[{index}]"
-        if kind not in LAYER_TYPES:
-            raise ConfigError(f"{where}: unknown layer type {kind!r}; allowed: "
-                              f"{', '.join(LAYER_TYPES)}")
-        layers.append(_call_checked(where, LAYER_TYPES[kind], options))
-    model = _call_checked(f"{job.source}: [model]", Sequential, {
-        "layers": layers, "seed": job["run.seed"], "dtype": job["model.dtype"],
-        "backend": job["model.backend"]})
-    if job["training.loss"]:
-        model.compile(optimizer=build_optimizer(job), loss=job["training.loss"],
-                      metrics=job["training.metrics"])
-    return model
-
-
-def build_optimizer(job: Job) -> optim.Optimizer:
-    name = job["optimizer.name"]
-    if name not in optim.OPTIMIZERS:
-        raise ConfigError(f"{job.source}: optimizer.name = {name!r} is not allowed; allowed: "
-                          f"{', '.join(optim.OPTIMIZERS)}")
-    learning_rate = job["optimizer.learning_rate"]
-    schedule = dict(job["optimizer.schedule"])
-    if schedule:
-        where = f"{job.source}: optimizer.schedule"
-        warmup = schedule.pop("warmup_steps", None)
-        kind = schedule.pop("name", None)
-        if kind is not None:
-            if kind not in schedules.SCHEDULES:
-                raise ConfigError(f"{where}.name = {kind!r} is not allowed; allowed: "
-                                  f"{', '.join(schedules.SCHEDULES)}")
-            learning_rate = _call_checked(where, schedules.SCHEDULES[kind],
-                                          {"initial_learning_rate": learning_rate, **schedule})
-        elif schedule:
-            raise ConfigError(f"{where}: needs a name to go with {', '.join(schedule)}")
-        if warmup is not None:
-            learning_rate = _call_checked(where, schedules.LinearWarmup,
-                                          {"schedule": learning_rate, "warmup_steps": warmup})
-    return _call_checked(f"{job.source}: [optimizer]", optim.OPTIMIZERS[name],
-                         {"learning_rate": learning_rate, **job.extras("optimizer")})
-
-
-def load_data(job: Job):
-    """(x, y) for training and validation: a hold-out drawn with the run's seed."""
-    name = job["data.dataset"]
-    try:
-        loader = plugins.load(plugins.DATASETS, name)
-    except MpinnError as exc:
-        raise ConfigError(f"{job.source}: data.dataset: {exc}") from exc
-    arguments = job.extras("data")
-    where = f"{job.source}: [data] (dataset {name!r})"
-    x, y = _call_checked(where, loader, arguments)
-    if len(x) != len(y):
-        given = "".join(f", {key}={value!r}" for key, value in arguments.items())
-        raise DataError(f"{job.source}: [data] (dataset {name!r}{given}): x has {len(x)} "
-                        f"samples but y has {len(y)}")
-    split = job["data.validation_split"]
-    if not split:
-        return (x, y), None
-    x_train, x_val, y_train, y_val = train_test_split(x, y, split, seed=job["run.seed"])
-    return (x_train, y_train), (x_val, y_val)
-
-
-def load_strategy(job: Job, comm: Comm):
-    name = job["strategy.name"]
-    try:
-        strategy_class = plugins.load(plugins.STRATEGIES, name)
-    except MpinnError as exc:
-        raise ConfigError(f"{job.source}: strategy.name: {exc}") from exc
-    return _call_checked(f"{job.source}: [strategy] ({name!r})", strategy_class,
-                         job.extras("strategy"), fixed={"comm": comm})
 
 
 def check_memory(job: Job, model: Sequential, input_dim: int, comm: Comm) -> None:
@@ -201,10 +87,20 @@ def _bytes(count: int) -> str:
         count /= 1024
 
 
-def prepare(job: Job, comm: Comm, resume: "str | None" = None, on_skip=None) -> Prepared:
+# what a run trains: a checkpoint of another model, data or loss is another run's
+IDENTITY = ("model.layers", "model.dtype", "data", "training.loss")
+# what a resume changes as a matter of course (the rest it notes)
+ROUTINE = ("training.epochs", "run.name", "run.directory", "run.threads", "model.backend",
+           "strategy", "checkpoint", "logging", "watchdog")
+
+
+def prepare(job: Job, comm: Comm, resume: "str | None" = None, on_skip=None,
+            start_over: bool = False) -> Prepared:
     """Build everything a run needs; no collective communication happens here. `resume`:
-    a checkpoint file, or "auto" for the newest valid one of the run (if any; `on_skip`
-    hears of each one passed over). Rank 0 then locks the run's directories."""
+    a checkpoint file, or "auto" for the newest valid one of the same job (if any;
+    `on_skip` hears of each one passed over). Rank 0 then locks the run's directories and
+    refuses to start afresh over another run's files, unless `start_over` (they are moved
+    aside when training starts)."""
     if not job["training.loss"]:
         raise ConfigError(f"{job.source}: training.loss is required")
     InjectedFailure.at_setup(comm.rank)
@@ -229,6 +125,7 @@ def prepare(job: Job, comm: Comm, resume: "str | None" = None, on_skip=None) -> 
         prepared.resumed = checkpoint.read(resume)
         prepared.resumed.verify()  # checksums, and NaN or Inf, before anything trains
     if prepared.resumed is not None:
+        prepared.changed = _changes(job, prepared.resumed, resume)
         checkpoint.restore(model, prepared.resumed)
     if comm.rank == 0:
         comm.before_abort.append(prepared.release)
@@ -236,7 +133,8 @@ def prepare(job: Job, comm: Comm, resume: "str | None" = None, on_skip=None) -> 
             for path in dict.fromkeys([directory.resolve(),
                                        prepared.checkpoint_directory.resolve()]):
                 prepared.locks.append(RunLock(path).acquire())
-            log = directory / job["logging.metrics_log"]
+            _check_fresh_start(prepared, start_over)
+            log = prepared.metrics_log
             try:
                 probe_writable(log)
             except OSError as exc:
@@ -246,6 +144,47 @@ def prepare(job: Job, comm: Comm, resume: "str | None" = None, on_skip=None) -> 
             prepared.release()
             raise
     return prepared
+
+
+def _changes(job: Job, found: "checkpoint.Checkpoint", resume: str) -> list[str]:
+    """How `job` differs from the job `found` was trained with, beyond the routine. With
+    --resume auto, another model, data or loss means another run's checkpoint: refused.
+    A new batch size mid-epoch would replay other samples: refused."""
+    if not found.attrs["config"].strip():
+        return []
+    trained = stored(found)
+    other = differences(job, trained, only=IDENTITY)
+    if other and resume == "auto":
+        more = f" (and {len(other) - 1} more)" if len(other) > 1 else ""
+        raise ConfigError(f"--resume auto: {found.path} is another run's checkpoint: "
+                          f"{other[0]}{more}; resume it with that job, train into a new "
+                          "directory (--set run.name=NEW), or start over (--start-over)")
+    changed = differences(job, trained, ROUTINE)
+    step = found.data["step"]
+    if step and job["training.batch_size"] != trained["training.batch_size"]:
+        raise ConfigError(f"--resume {resume}: {found.path} stopped {step} steps into epoch "
+                          f"{found.data['epoch'] + 1} with training.batch_size = "
+                          f"{trained['training.batch_size']}: resume it with that batch size "
+                          "(another would replay other samples), or from an epoch's end")
+    return changed
+
+
+def _check_fresh_start(prepared: Prepared, start_over: bool) -> None:
+    """Rank 0: the run's id, kept when it resumes its own checkpoint; anything else is a
+    new run, refused over another run's files unless it starts over."""
+    found = prepared.resumed
+    own = {prepared.run_directory.resolve(), prepared.checkpoint_directory.resolve()}
+    if found is not None and found.path.resolve().parent in own:
+        prepared.run_id = found.attrs["run_id"] or new_run_id()
+        return
+    prepared.run_id = new_run_id()
+    prepared.earlier = earlier_run(prepared.run_directory, prepared.checkpoint_directory,
+                                   prepared.metrics_log)
+    if prepared.earlier and not start_over:
+        raise ConfigError(
+            f"{prepared.run_directory} holds an earlier run ({prepared.earlier}); continue it "
+            "with --resume auto, train into a new directory with --set run.name=NEW, or move "
+            "it into earlier/ and start afresh with --start-over")
 
 
 def train(prepared: Prepared, progress: str = "auto", requests: "StopRequests | None" = None):
@@ -275,8 +214,8 @@ def train(prepared: Prepared, progress: str = "auto", requests: "StopRequests | 
     samples = len(prepared.train[0])
     steps = -(-samples // batch_size)
     if strategy.rank == 0:
-        hooks.append(MetricsLog(prepared.run_directory / job["logging.metrics_log"], samples,
-                                extras, world_size=strategy.size))
+        hooks.append(MetricsLog(prepared.metrics_log, samples, extras,
+                                run_id=prepared.run_id, world_size=strategy.size))
         ticks = strategy.progress_steps(steps)
         if progress != "none":
             hooks.append(ProgressLogger(progress, epochs, samples, batch_size, steps=ticks))
@@ -284,7 +223,8 @@ def train(prepared: Prepared, progress: str = "auto", requests: "StopRequests | 
             prepared.checkpoint_directory, job["checkpoint.every_epochs"],
             job["checkpoint.every_steps"], job["checkpoint.keep"], steps_per_epoch=ticks,
             on_error=requests.fail, last=prepared.resumed and prepared.resumed.path,
-            config=job.text, world_size=strategy.size, strategy=strategy.name)
+            config=job.text, world_size=strategy.size, strategy=strategy.name,
+            run_id=prepared.run_id)
         hooks.append(prepared.saver)
     # last: an epoch's records are written before a stop
     hooks.append(StopAtStepBoundary(requests, strategy.comm, strategy.lockstep, steps,
@@ -330,7 +270,8 @@ def describe(model: Sequential) -> str:
             f"{model.count_params():,} parameters ({np.dtype(model.dtype)})")
 
 
-def run_job(path, overrides=(), quiet: bool = False, resume: "str | None" = None) -> int:
+def run_job(path, overrides=(), quiet: bool = False, resume: "str | None" = None,
+            dry_run: bool = False, start_over: bool = False) -> int:
     """The whole of `mpinn train`, on every rank; returns the exit code.
 
     Setup (job, data, model, checkpoint, run directory) ends in one agreement: a failure
@@ -347,14 +288,17 @@ def run_job(path, overrides=(), quiet: bool = False, resume: "str | None" = None
         comm = world()
     except MpinnError as exc:
         return _fail(f"mpinn: error: {exc}", exc.exit_code)
-    tag = f"[rank {comm.rank}/{comm.size} {socket.gethostname()}] " if comm.size > 1 else ""
+    tag = comm.tag
     prepared, error, found, skipped = None, None, None, []
     try:
         job = load_job(path, overrides)
+        threads = fit_to_node(comm.local_size, job["run.threads"])  # before any BLAS call
         comm.watch(job["watchdog.warn_seconds"], job["watchdog.abort_seconds"],
                    requests.pending)
         prepared = prepare(job, comm, resume,
-                           on_skip=lambda where, why: skipped.append(f"{where}: {why}"))
+                           on_skip=lambda where, why: skipped.append(f"{where}: {why}"),
+                           start_over=start_over)
+        prepared.threads = threads
         found = fingerprint(prepared, comm)
     except Exception as exc:  # noqa: BLE001 - every setup failure is agreed on
         error = exc
@@ -370,6 +314,8 @@ def run_job(path, overrides=(), quiet: bool = False, resume: "str | None" = None
         _fail(f"mpinn: {stop}; nothing was trained", 0)
         comm.abort(stop.exit_code)
     try:
+        if dry_run:
+            return _dry_run(prepared, comm, skipped)
         return _run(prepared, comm, quiet, resume, requests, tag, skipped)
     finally:
         prepared.release()
@@ -379,18 +325,15 @@ def _run(prepared: Prepared, comm: Comm, quiet, resume, requests, tag, skipped) 
     job, model = prepared.job, prepared.model
     writer = comm.rank == 0
     if writer:
-        for line in skipped:
-            _fail(f"mpinn: --resume auto skipped {line}", 0)
-        for lock in prepared.locks:
-            if lock.note:
-                _fail(f"mpinn: {lock.note}", 0)
-        samples, batch_size = len(prepared.train[0]), job["training.batch_size"]
-        if batch_size > samples:
-            _fail(f"mpinn: note: training.batch_size = {batch_size} exceeds the {samples} "
-                  "training samples: each epoch is one step on all of them", 0)
+        for line in _notes(prepared, skipped):
+            _fail(line, 0)
+        if prepared.earlier:
+            _move_earlier_run(prepared, comm)
+    if writer and not quiet:
+        print(_header(prepared, comm))
     found = prepared.resumed
     if writer and not quiet and resume:
-        print(f"resuming {found.path} (epoch {found.data['epoch']}, step {found.data['step']})"
+        print(f"resuming {found.path} (after {place(found.data['epoch'], found.data['step'])})"
               if found else "no checkpoint to resume: starting afresh")
     if found is not None and found.data["epoch"] >= job["training.epochs"]:
         if writer:
@@ -457,6 +400,72 @@ def _run(prepared: Prepared, comm: Comm, quiet, resume, requests, tag, skipped) 
 _RESUME_HINT = "continue with --resume auto"
 
 
+def _header(prepared: Prepared, comm: Comm) -> str:
+    """The run in one line: model, ranks, strategy, device, threads and why."""
+    model, plan = prepared.model, prepared.threads
+    threads = (f"{plan.threads} BLAS thread{'s' * (plan.threads != 1)} per rank"
+               if plan.threads is not None else "BLAS threads as set")
+    return (f"mpinn: {describe(model)}; {comm.size} rank(s), {prepared.strategy.name}, "
+            f"{model.backend.name} backend ({model.backend.where()}); {threads} ({plan.reason})")
+
+
+def _notes(prepared: Prepared, skipped: list[str]) -> list[str]:
+    """What rank 0 tells before training: checkpoints passed over, locks taken over, data
+    that looks wrong for the model."""
+    job = prepared.job
+    lines = [f"mpinn: --resume auto skipped {line}" for line in skipped]
+    lines += [f"mpinn: {lock.note}" for lock in prepared.locks if lock.note]
+    if prepared.changed:
+        lines.append(f"mpinn: note: resuming {prepared.resumed.path} with other settings: "
+                     f"{'; '.join(prepared.changed)}")
+    samples, batch_size = len(prepared.train[0]), job["training.batch_size"]
+    if batch_size > samples:
+        lines.append(f"mpinn: note: training.batch_size = {batch_size} exceeds the {samples} "
+                     "training samples: each epoch is one step on all of them")
+    pixels = raw_pixel_note(prepared.train[0], prepared.model, f"{job.source}: data x")
+    if pixels:
+        lines.append(f"mpinn: note: {pixels}")
+    return lines
+
+
+def _move_earlier_run(prepared: Prepared, comm: Comm) -> None:
+    """Rank 0, starting over: the earlier run's files into earlier/ (or the job ends)."""
+    try:
+        moved = move_aside(prepared.run_directory, prepared.checkpoint_directory,
+                           prepared.metrics_log)
+    except MpinnError as error:
+        _fail(f"mpinn: --start-over: {error}; nothing was trained", 0)
+        comm.abort(error.exit_code)
+    _fail(f"mpinn: moved the earlier run ({prepared.earlier}) to "
+          f"{' and '.join(map(str, moved))}", 0)
+
+
+def _dry_run(prepared: Prepared, comm: Comm, skipped: list[str]) -> int:
+    """Everything a run would set up and check, shown; nothing trained or written."""
+    if comm.rank:
+        return 0
+    job, model = prepared.job, prepared.model
+    for line in _notes(prepared, skipped):
+        _fail(line, 0)
+    print(job.text)
+    print(_header(prepared, comm))
+    model.summary()
+    validation = prepared.validation
+    steps = -(-len(prepared.train[0]) // job["training.batch_size"])
+    print(f"data: {len(prepared.train[0])} training samples ({steps} steps of "
+          f"{job['training.batch_size']} per epoch on {comm.size} rank(s)), "
+          f"{len(validation[0]) if validation is not None else 0} validation samples")
+    found = prepared.resumed
+    print(f"would resume {found.path} (after {place(found.data['epoch'], found.data['step'])})"
+          if found else "would start afresh" + (
+              f", moving the earlier run ({prepared.earlier}) into earlier/"
+              if prepared.earlier else ""))
+    print(f"run directory: {prepared.run_directory}; checkpoints: "
+          f"{prepared.checkpoint_directory}")
+    print("dry run: the job is valid; nothing was trained or written")
+    return 0
+
+
 def _checkpoint_on_stall(prepared: Prepared, requests: StopRequests) -> str:
     """Rank 0 stopped in a stall: a checkpoint of the last step boundary its parameters
     hold, where there is one (an allreduce run between steps); what happened, in words."""
@@ -511,21 +520,21 @@ def _save_final(prepared: Prepared, history: dict, epochs: int,
     try:
         checkpoint.save(prepared.run_directory / "final.h5", prepared.model, epoch=epochs,
                         history=history, config=prepared.job.text, world_size=strategy.size,
-                        strategy=strategy.name)
+                        strategy=strategy.name, run_id=prepared.run_id)
     except MpinnError as error:
         requests.fail(error)
 
 
 def _report_strategy(prepared: Prepared, requests: StopRequests, quiet: bool) -> None:
     """The strategy's figures for the whole run, in the metrics log (rank 0)."""
-    strategy, log = prepared.strategy, prepared.run_directory / prepared.job[
-        "logging.metrics_log"]
+    strategy, log = prepared.strategy, prepared.metrics_log
     report = strategy.report()
     if not report:
         return
     try:
         with log.open("a") as file:
-            file.write(json_line({"strategy": strategy.name, **report}))
+            file.write(json_line({"run": prepared.run_id, "strategy": strategy.name,
+                                  **report}))
     except OSError as exc:
         requests.fail(StorageError(f"cannot write {log}: {exc.strerror}"))
     if not quiet:

@@ -39,9 +39,9 @@ def test_plugins_lists_groups_names_and_packages(runner):
 def test_info_reports_versions_mpi_backends_and_blas(runner):
     result = runner.invoke(cli, ["info"])
     assert result.exit_code == 0, result.output
-    for fragment in (f"mpinn {__version__}", "numpy ", "mpi4py ", "MPI: ", "rank 0 of 1",
+    for fragment in (f"mpinn {__version__}", "numpy ", "mpi4py ", "MPI: ", "; 1 rank(s)",
                      "backend numpy: available", "strategies: allreduce", "BLAS: ",
-                     "BLAS settings:"):
+                     "BLAS settings:", "rank  host  local rank  device  BLAS threads\n0 "):
         assert fragment in result.output
 
 

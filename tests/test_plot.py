@@ -79,7 +79,7 @@ def test_default_job_curves_are_a_png_beside_the_log(trained_run, figures):
     assert list(drawn["throughput"]) == ["training"]
     logged = [json.loads(line) for line in (trained_run / "metrics.jsonl").open()]
     assert drawn["loss"]["validation"] == [record["val_loss"] for record in logged]
-    assert figure.get_suptitle() == f"{trained_run} - 1 rank"
+    assert figure.get_suptitle() == f"{trained_run} - run {logged[0]['run']} - 1 rank"
     assert [axes.get_xlabel() for axes in figure.axes] == ["epoch"] * 3
     assert [axes.get_ylabel() for axes in figure.axes] == ["loss", "accuracy", "samples/s"]
 

@@ -14,6 +14,7 @@ import traceback
 import numpy as np
 
 from ..errors import MpinnError
+from ..threads import fit_to_node
 from .watchdog import Watchdog
 
 # set by the launchers we know: MPICH/Hydra and PMI, Open MPI, PMIx, Slurm's srun
@@ -236,7 +237,9 @@ def launched_local_rank() -> int:
 def world() -> Comm:
     """The job's communicator, made once per process: MPI's world, or a world of one where
     MPI cannot load. On more than one rank an uncaught exception ends every rank (see
-    Comm.excepthook), as under `python -m mpi4py`."""
+    Comm.excepthook), as under `python -m mpi4py`, and each rank's BLAS and OpenMP threads
+    are its share of its node's cores (see threads.py; `mpinn train` applies the job's
+    `run.threads` after)."""
     comm = _connect()
     if comm.size > 1:
         sys.excepthook = comm.excepthook
@@ -259,6 +262,8 @@ def _connect() -> Comm:
         raise MpinnError(
             f"launched as one of {launched_size()} processes, but MPI sees a world of 1: the "
             "launcher does not match the MPI library (use mpirun, or srun --mpi=pmi2)")
+    if comm.size > 1:
+        fit_to_node(comm.local_size)
     return comm
 
 

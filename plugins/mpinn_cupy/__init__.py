@@ -73,6 +73,9 @@ class CupyBackend(Backend):
     def select_device(self, local_rank: int) -> None:
         self.xp.cuda.Device(local_rank % self.gpus).use()
 
+    def where(self) -> str:
+        return f"GPU {self.xp.cuda.Device().id}"
+
     def describe(self) -> str:
         runtime = self.xp.cuda.runtime
         index = self.xp.cuda.Device().id

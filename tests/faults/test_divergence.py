@@ -77,7 +77,10 @@ def test_a_diverging_run_stops_with_exit_3_and_keeps_the_good_checkpoints(tmp_pa
     assert "mpinn: training diverged in epoch 4 step" in diverged.stderr
     assert "the loss is nan" in diverged.stderr or "the loss is inf" in diverged.stderr
     assert f"the last good checkpoint is {kept[0]}" in diverged.stderr
-    assert diverged.stderr.count("\n") == 1  # one line, from one rank
+    assert diverged.stderr.startswith(
+        f"mpinn: note: resuming {kept[0]} with other settings: optimizer.learning_rate is "
+        f"50.0 here but 0.1 in {kept[0]} (stored job)\n")
+    assert diverged.stderr.count("\n") == 2  # and the one line of the stop, from one rank
     assert checkpoint.list_checkpoints(directory) == kept  # none written, none pruned
     assert all(all_finite(path) for path in kept)
     assert (directory / "final.h5").read_bytes() == final
@@ -135,6 +138,7 @@ def test_resume_auto_passes_over_a_nan_checkpoint_and_pruning_keeps_the_new_one(
                  "training.batch_size=32", "--set", "checkpoint.keep=1").finish()
     assert run.returncode == 0, run.stderr
     assert run.stderr == (f"mpinn: --resume auto skipped {nan}: parameters dense_0/kernel "
-                          "holds NaN\n")
+                          f"holds NaN\nmpinn: note: resuming {resumed} with other settings: "
+                          f"training.batch_size is 32 here but 16 in {resumed} (stored job)\n")
     assert checkpoint.list_checkpoints(directory) == [directory / "ckpt-000000050.h5"]
     assert all_finite(directory / "ckpt-000000050.h5")

@@ -30,13 +30,16 @@ class Run:
 
 @pytest.fixture
 def launch(tmp_path):
-    """launch(ranks, *mpinn_args, env=...) -> Run; ranks=None runs without mpiexec."""
+    """launch(ranks, *mpinn_args, env=...) -> Run; ranks=None runs without mpiexec; a
+    variable given as None in `env` is unset."""
     if MPIEXEC is None or MPINN is None:
         pytest.skip("mpiexec or the mpinn command is not installed (pip install -e '.[dev]')")
 
     def run(ranks, *args, env=None, timeout=120):
         command = [MPINN, *args] if ranks is None else [MPIEXEC, "-n", str(ranks), MPINN, *args]
-        environment = {**os.environ, "OPENBLAS_NUM_THREADS": "1", **(env or {})}
+        environment = {key: value for key, value in
+                       {**os.environ, "OPENBLAS_NUM_THREADS": "1", **(env or {})}.items()
+                       if value is not None}
         started = time.monotonic()
         completed = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True,
                                    text=True, timeout=timeout)
