@@ -4,6 +4,7 @@ cross-entropy, accuracy.
     python examples/mnist_mlp.py                       # embedded digits, upscaled to 28x28
     python examples/mnist_mlp.py --images train-images-idx3-ubyte.gz \
                                  --labels train-labels-idx1-ubyte.gz   # real MNIST files
+    mpirun -n 2 python examples/mnist_mlp.py           # one model, data-parallel on 2 ranks
 """
 
 import argparse
@@ -24,6 +25,7 @@ def digits_as_mnist():
 
 
 def main(images=None, labels=None, epochs=10, seed=0, verbose=2):
+    world = mpinn.world()  # first: under mpirun, a failure on any rank ends every rank
     x, y = load_mnist(images, labels) if images else digits_as_mnist()
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_fraction=0.2, seed=seed)
     model = Sequential([
@@ -33,9 +35,10 @@ def main(images=None, labels=None, epochs=10, seed=0, verbose=2):
     model.compile(optimizer=mpinn.Adam(learning_rate=0.001),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     history = model.fit(x_train, y_train, batch_size=32, epochs=epochs, verbose=verbose,
-                        validation_split=0.1)
+                        validation_split=0.1, strategy="allreduce")  # alone: plain training
     loss, accuracy = model.evaluate(x_test, y_test)
-    print(f"test loss {loss:.4f}, test accuracy {accuracy:.4f}")
+    if world.rank == 0:
+        print(f"test loss {loss:.4f}, test accuracy {accuracy:.4f}")
     return {"model": model, "history": history, "test_accuracy": accuracy}
 
 
