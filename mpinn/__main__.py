@@ -1,5 +1,5 @@
 """`python -m mpinn`: the `mpinn` command."""
 
-from .cli import cli
+from .cli import main
 
-cli(prog_name="mpinn")
+main(prog_name="python -m mpinn")

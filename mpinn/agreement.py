@@ -16,9 +16,9 @@ import traceback
 import numpy as np
 
 from . import __version__
-from .dist.strategy import array_digest
 from .dist.watchdog import ranks_text
 from .errors import MpinnError
+from .inputs import array_digest
 
 FINE, BAD_INPUT, CRASHED = 0, 1, 2
 

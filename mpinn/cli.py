@@ -9,7 +9,7 @@ import click
 from . import __version__, plugins
 from .agreement import SetupFailed, agree
 from .backend import get_backend, installed_backends
-from .dist.comm import LocalComm, MPIComm, world
+from .dist.comm import LocalComm, MPIComm, launched_rank, world
 from .errors import MpinnError
 from .threads import THREAD_VARIABLES, fit_to_node
 
@@ -47,14 +47,14 @@ def train(job, overrides, quiet, resume, dry_run, start_over):
     """
     from .runner import run_job
 
-    if start_over and resume:
-        raise click.UsageError("--start-over trains afresh: it cannot go with --resume")
     sys.exit(run_job(job, overrides, quiet, resume, dry_run, start_over))
 
 
 @cli.command("plugins")
 def list_plugins():
     """List every installed plugin: its group, name, target and package."""
+    if launched_rank():
+        return
     for group in plugins.GROUPS:
         click.echo(f"{group}:")
         found = plugins.available(group)
@@ -69,7 +69,7 @@ def list_plugins():
 def info():
     """Versions, the MPI library and world, backends (and why one is unavailable), BLAS,
     and a table of the ranks: host, local rank, device, BLAS threads (as `mpinn train`
-    sets them). Under mpirun, rank 0 prints for all."""
+    sets them when the job leaves run.threads at 0). Under mpirun, rank 0 prints for all."""
     import json
 
     import mpi4py
@@ -113,8 +113,7 @@ def backend_line(name: str, comm) -> str:
     """An available backend on the device this rank would train on, and whether MPI
     reaches that device's memory."""
     backend = get_backend(name)  # on the launcher's local rank; MPI's, where MPI is up
-    if comm:
-        backend.select_device(comm.local_rank)
+    backend.select_device(comm.local_rank)
     parts = ["available", backend.describe()]
     if backend.device and isinstance(comm, MPIComm):
         route = "directly" if comm.reaches(backend.device) else "through host buffers"
@@ -229,8 +228,8 @@ def predict(checkpoint_file, inputs, output):
     if comm.rank == 0:
         try:
             predictions = model.predict(x, batch_size=1024)
-            save_array(output, predictions)
-            click.echo(f"wrote {output}: {predictions.shape} {predictions.dtype}")
+            written = save_array(output, predictions)
+            click.echo(f"wrote {written}: {predictions.shape} {predictions.dtype}")
         except MpinnError as exc:
             click.echo(f"mpinn: error: {exc}", err=True)
             code[0] = exc.exit_code
@@ -248,11 +247,9 @@ def plot(run, output):
     Needs matplotlib: pip install "mpinn[plot]"."""
     from .plot import plot_run
 
-    try:
-        click.echo(f"wrote {plot_run(run, output)}")
-    except MpinnError as exc:
-        click.echo(f"mpinn: error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+    comm, written = on_every_rank(lambda: plot_run(run, output) if world().rank == 0 else None)
+    if comm.rank == 0:
+        click.echo(f"wrote {written}")
 
 
 def blas_lines() -> list[str]:
@@ -277,5 +274,13 @@ def blas_threads() -> str:
     return "/".join(counts) or "?"
 
 
-def main():
-    cli()
+def main(prog_name: "str | None" = None):
+    """The `mpinn` command; a usage error is printed by the first rank alone."""
+    try:
+        sys.exit(cli(prog_name=prog_name, standalone_mode=False))
+    except click.ClickException as error:
+        if not launched_rank():
+            error.show()
+        sys.exit(error.exit_code)
+    except click.Abort:
+        sys.exit(130)

@@ -6,6 +6,7 @@ the value. `--set key.path=value` overrides go through the same checks.
 """
 
 import copy
+import datetime
 import math
 import re
 import tomllib
@@ -148,19 +149,15 @@ def parse_job(text: str, source: str = "job", overrides=()) -> Job:
 
 
 def stored_job(text: str, source: str, overrides=()) -> Job:
-    """The job a checkpoint stores. Older versions stored the job as given, with `--set`
-    overrides as trailing comments, and drew the hold-out with run.seed: both are read as
-    they were meant."""
+    """The job a checkpoint stores. Older versions (and `Sequential.save`) stored the job
+    as given, with `--set` overrides as trailing comments, and drew the hold-out with
+    run.seed: both are read as they were meant."""
+    if text.startswith(RESOLVED_HEADER):
+        return parse_job(text, source, overrides)
     body, _, trailer = text.partition(OLD_OVERRIDES_MARKER)
     given = [line[2:] for line in trailer.splitlines() if line.startswith("# ")]
-    try:
-        data = tomllib.loads(body).get("data")
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
-    if isinstance(data, dict) and "split_seed" not in data:
-        seed = parse_job(body, source, given)["run.seed"]
-        given.append(f"data.split_seed={seed}")
-    return parse_job(body, source, [*given, *overrides])
+    seed = parse_job(body, source, given)["run.seed"]
+    return parse_job(body, source, [*given, f"data.split_seed={seed}", *overrides])
 
 
 def differences(job: Job, other: Job, ignore=(), only=None) -> list[str]:
@@ -254,13 +251,14 @@ def _apply_override(raw: dict, override: str, source: str) -> None:
     table[parts[-1]] = value
 
 
+RESOLVED_HEADER = "# The resolved job: every default and override written out."
 OLD_OVERRIDES_MARKER = "\n# --set overrides:\n"
 BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def dump_job(sections, overrides=()) -> str:
     """The resolved job as TOML that parse_job reads back to the same sections."""
-    lines = ["# The resolved job: every default and override written out."]
+    lines = [RESOLVED_HEADER]
     lines += [f"# --set {item}" for item in overrides if item.isprintable()]
     for section, keys in sections.items():
         lines += ["", f"[{section}]"]
@@ -296,6 +294,8 @@ def toml_value(value) -> str:
         return repr(value)
     if isinstance(value, str):
         return _string(value)
+    if isinstance(value, (datetime.date, datetime.time)):  # a TOML date or time
+        return value.isoformat()
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(toml_value(item) for item in value) + "]"
     if isinstance(value, Mapping):

@@ -96,15 +96,15 @@ def prepare_prediction(path, inputs) -> tuple[Sequential, np.ndarray]:
     model, _, _ = restored(path)
     try:
         x = np.load(inputs, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         raise DataError(f"{inputs}: not a readable .npy array ({exc})") from exc
     return model, features(x, model.input_dim, str(inputs), f"layer {model.layers[0].name!r}")
 
 
-def save_array(path, array: np.ndarray) -> None:
+def save_array(path, array: np.ndarray) -> Path:
     """Write a .npy file whole or not at all (an earlier file of that name survives a full
-    disk)."""
-    path = Path(path)
+    disk); as np.save, a name without .npy gets it. Returns the path written."""
+    path = Path(path) if str(path).endswith(".npy") else Path(f"{path}.npy")
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(temporary, "wb") as file:
@@ -113,3 +113,4 @@ def save_array(path, array: np.ndarray) -> None:
     except OSError as exc:
         temporary.unlink(missing_ok=True)
         raise StorageError(f"cannot write {path}: {exc.strerror}") from exc
+    return path

@@ -318,7 +318,11 @@ class Sequential:
             validation = self._checked(*validation_data, "x_val", "y_val")
         if strategy.size > 1:
             x_val, y_val = validation if validation_data is not None else (None, None)
-            strategy.agree(self, {"x": x, "y": y, "x_val": x_val, "y_val": y_val})
+            strategy.agree(self, {"x": x, "y": y, "x_val": x_val, "y_val": y_val}, {
+                "batch_size": batch_size, "epochs": epochs, "initial_epoch": initial_epoch,
+                "initial_step": initial_step, "shuffle": bool(shuffle),
+                "model": [f"{slot.name}{list(slot.shape)} {self.dtype}"
+                          for slot in self.params.slots]})
         strategy.setup(self)
         given = [hook for hook in callbacks or [] if isinstance(hook, callbacks_module.History)]
         self.history = given[0] if given else callbacks_module.History()

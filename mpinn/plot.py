@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 from pathlib import Path
 
 from .errors import DataError, MpinnError, StorageError
@@ -48,9 +49,12 @@ def plot_run(source: "str | Path", output: "str | Path | None" = None) -> Path:
         axes.legend()
     for axes in grid[len(panels):]:  # the cells left over in the last row
         axes.set_visible(False)
-    try:
-        figure.savefig(output, format="png")
+    temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    try:  # whole or not at all: an earlier picture survives a full disk
+        figure.savefig(temporary, format="png")
+        os.replace(temporary, output)
     except OSError as exc:
+        temporary.unlink(missing_ok=True)
         raise StorageError(f"cannot write {output}: {exc.strerror or exc}") from exc
     return output
 

@@ -90,8 +90,8 @@ def _bytes(count: int) -> str:
 # what a run trains: a checkpoint of another model, data or loss is another run's
 IDENTITY = ("model.layers", "model.dtype", "data", "training.loss")
 # what a resume changes as a matter of course (the rest it notes)
-ROUTINE = ("training.epochs", "run.name", "run.directory", "run.threads", "model.backend",
-           "strategy", "checkpoint", "logging", "watchdog")
+ROUTINE = ("training.epochs", "training.on_nonfinite", "run.name", "run.directory",
+           "run.threads", "model.backend", "strategy", "checkpoint", "logging", "watchdog")
 
 
 def prepare(job: Job, comm: Comm, resume: "str | None" = None, on_skip=None,
@@ -133,14 +133,14 @@ def prepare(job: Job, comm: Comm, resume: "str | None" = None, on_skip=None,
             for path in dict.fromkeys([directory.resolve(),
                                        prepared.checkpoint_directory.resolve()]):
                 prepared.locks.append(RunLock(path).acquire())
-            _check_fresh_start(prepared, start_over)
+            _check_fresh_start(prepared, resume, start_over)
             log = prepared.metrics_log
             try:
                 probe_writable(log)
             except OSError as exc:
                 raise StorageError(f"{job.source}: logging.metrics_log: cannot write {log}: "
                                    f"{exc.strerror}") from exc
-        except MpinnError:
+        except BaseException:
             prepared.release()
             raise
     return prepared
@@ -157,8 +157,8 @@ def _changes(job: Job, found: "checkpoint.Checkpoint", resume: str) -> list[str]
     if other and resume == "auto":
         more = f" (and {len(other) - 1} more)" if len(other) > 1 else ""
         raise ConfigError(f"--resume auto: {found.path} is another run's checkpoint: "
-                          f"{other[0]}{more}; resume it with that job, train into a new "
-                          "directory (--set run.name=NEW), or start over (--start-over)")
+                          f"{other[0]}{more}; resume it with that job, {_elsewhere(job)}, or "
+                          "start over with --start-over")
     changed = differences(job, trained, ROUTINE)
     step = found.data["step"]
     if step and job["training.batch_size"] != trained["training.batch_size"]:
@@ -169,7 +169,7 @@ def _changes(job: Job, found: "checkpoint.Checkpoint", resume: str) -> list[str]
     return changed
 
 
-def _check_fresh_start(prepared: Prepared, start_over: bool) -> None:
+def _check_fresh_start(prepared: Prepared, resume: "str | None", start_over: bool) -> None:
     """Rank 0: the run's id, kept when it resumes its own checkpoint; anything else is a
     new run, refused over another run's files unless it starts over."""
     found = prepared.resumed
@@ -180,11 +180,25 @@ def _check_fresh_start(prepared: Prepared, start_over: bool) -> None:
     prepared.run_id = new_run_id()
     prepared.earlier = earlier_run(prepared.run_directory, prepared.checkpoint_directory,
                                    prepared.metrics_log)
-    if prepared.earlier and not start_over:
+    if not prepared.earlier or start_over:
+        return
+    elsewhere = _elsewhere(prepared.job)
+    if resume == "auto":
         raise ConfigError(
-            f"{prepared.run_directory} holds an earlier run ({prepared.earlier}); continue it "
-            "with --resume auto, train into a new directory with --set run.name=NEW, or move "
-            "it into earlier/ and start afresh with --start-over")
+            f"--resume auto: {prepared.run_directory} holds an earlier run "
+            f"({prepared.earlier}) but no checkpoint of it to resume; {elsewhere}, or move it "
+            "into earlier/ and start afresh with --start-over")
+    raise ConfigError(
+        f"{prepared.run_directory} holds an earlier run ({prepared.earlier}); continue it "
+        f"with --resume auto, {elsewhere}, or move it into earlier/ and start afresh with "
+        "--start-over")
+
+
+def _elsewhere(job: Job) -> str:
+    """How to train into a new directory, in words."""
+    if "{name}" in job["run.directory"]:
+        return "train into a new directory with --set run.name=NEW"
+    return "train into a new directory with --set run.directory=NEW"
 
 
 def train(prepared: Prepared, progress: str = "auto", requests: "StopRequests | None" = None):
@@ -287,10 +301,12 @@ def run_job(path, overrides=(), quiet: bool = False, resume: "str | None" = None
     try:
         comm = world()
     except MpinnError as exc:
-        return _fail(f"mpinn: error: {exc}", exc.exit_code)
+        return _tell(f"mpinn: error: {exc}", exc.exit_code)
     tag = comm.tag
     prepared, error, found, skipped = None, None, None, []
     try:
+        if start_over and resume:
+            raise ConfigError("--start-over trains afresh: it cannot go with --resume")
         job = load_job(path, overrides)
         threads = fit_to_node(comm.local_size, job["run.threads"])  # before any BLAS call
         comm.watch(job["watchdog.warn_seconds"], job["watchdog.abort_seconds"],
@@ -308,10 +324,10 @@ def run_job(path, overrides=(), quiet: bool = False, resume: "str | None" = None
         if prepared is not None:
             prepared.release()
         if failed.message:
-            _fail(failed.message, 0)
+            _tell(failed.message, 0)
         return failed.exit_code
     except StalledStop as stop:  # on rank 0: a signal while another rank still sets up
-        _fail(f"mpinn: {stop}; nothing was trained", 0)
+        _tell(f"mpinn: {stop}; nothing was trained", 0)
         comm.abort(stop.exit_code)
     try:
         if dry_run:
@@ -326,7 +342,7 @@ def _run(prepared: Prepared, comm: Comm, quiet, resume, requests, tag, skipped) 
     writer = comm.rank == 0
     if writer:
         for line in _notes(prepared, skipped):
-            _fail(line, 0)
+            _tell(line, 0)
         if prepared.earlier:
             _move_earlier_run(prepared, comm)
     if writer and not quiet:
@@ -346,28 +362,28 @@ def _run(prepared: Prepared, comm: Comm, quiet, resume, requests, tag, skipped) 
         history = train(prepared, progress, requests)
     except Stopped as stop:
         if requests.error is not None:  # the stop's own checkpoint could not be written
-            _fail(f"mpinn: {stop}; {requests.error}; {_last_good(prepared)}", 0)
+            _tell(f"mpinn: {stop}; {requests.error}; {_last_good(prepared)}", 0)
             comm.abort(requests.error.exit_code)  # the others are leaving with 128 + N
         if writer:
-            _fail(f"mpinn: {stop}; checkpoint {prepared.saver.last} written, {_RESUME_HINT}",
+            _tell(f"mpinn: {stop}; checkpoint {prepared.saver.last} written, {_RESUME_HINT}",
                   0)
         return stop.exit_code
     except Diverged as stop:
         if writer:
-            _fail(f"mpinn: {stop}; nothing was saved after it; {_last_good(prepared)}; "
+            _tell(f"mpinn: {stop}; nothing was saved after it; {_last_good(prepared)}; "
                   "lower optimizer.learning_rate, add optimizer.global_clipnorm, or set "
                   'training.on_nonfinite = "skip"', 0)
         return stop.exit_code
     except Failed as stop:
         if stop.error is not None:
-            _fail(f"mpinn: {stop}; {_last_good(prepared)}", 0)
+            _tell(f"mpinn: {stop}; {_last_good(prepared)}", 0)
         return stop.exit_code
     except StalledStop as stop:  # on rank 0 only: the others wait for it to end the job
-        _fail(f"mpinn: {stop}; {_checkpoint_on_stall(prepared, requests)}", 0)
+        _tell(f"mpinn: {stop}; {_checkpoint_on_stall(prepared, requests)}", 0)
         comm.abort(stop.exit_code)
         return stop.exit_code
     except MpinnError as error:  # on one rank, e.g. a metrics log on a full disk
-        _fail(f"{tag}mpinn: {error}", 0)
+        _tell(f"{tag}mpinn: {error}", 0)
         comm.abort(error.exit_code)
         return error.exit_code
     except KeyboardInterrupt:
@@ -434,9 +450,9 @@ def _move_earlier_run(prepared: Prepared, comm: Comm) -> None:
         moved = move_aside(prepared.run_directory, prepared.checkpoint_directory,
                            prepared.metrics_log)
     except MpinnError as error:
-        _fail(f"mpinn: --start-over: {error}; nothing was trained", 0)
+        _tell(f"mpinn: --start-over: {error}; nothing was trained", 0)
         comm.abort(error.exit_code)
-    _fail(f"mpinn: moved the earlier run ({prepared.earlier}) to "
+    _tell(f"mpinn: moved the earlier run ({prepared.earlier}) to "
           f"{' and '.join(map(str, moved))}", 0)
 
 
@@ -446,7 +462,7 @@ def _dry_run(prepared: Prepared, comm: Comm, skipped: list[str]) -> int:
         return 0
     job, model = prepared.job, prepared.model
     for line in _notes(prepared, skipped):
-        _fail(line, 0)
+        _tell(line, 0)
     print(job.text)
     print(_header(prepared, comm))
     model.summary()
@@ -462,7 +478,7 @@ def _dry_run(prepared: Prepared, comm: Comm, skipped: list[str]) -> int:
               if prepared.earlier else ""))
     print(f"run directory: {prepared.run_directory}; checkpoints: "
           f"{prepared.checkpoint_directory}")
-    print("dry run: the job is valid; nothing was trained or written")
+    print("dry run: the job is valid; nothing was trained or saved")
     return 0
 
 
@@ -506,10 +522,10 @@ def _end_together(comm: Comm, prepared: Prepared, requests: StopRequests) -> int
     try:
         comm.allreduce_max(code)
     except StalledStop as stop:
-        _fail(f"mpinn: {stop}; training was complete", 0)
+        _tell(f"mpinn: {stop}; training was complete", 0)
         comm.abort(stop.exit_code)
     if requests.error is not None:
-        _fail(f"mpinn: {requests.error}; {_last_good(prepared)}", 0)
+        _tell(f"mpinn: {requests.error}; {_last_good(prepared)}", 0)
     return int(code[0])
 
 
@@ -541,6 +557,7 @@ def _report_strategy(prepared: Prepared, requests: StopRequests, quiet: bool) ->
         print(f"{strategy.name}: " + ", ".join(f"{k}={v}" for k, v in report.items()))
 
 
-def _fail(message: str, code: int) -> int:
+def _tell(message: str, code: int) -> int:
+    """`message` on stderr; returns `code`."""
     print(message, file=sys.stderr, flush=True)
     return code

@@ -15,8 +15,8 @@ from .errors import DataError, StorageError
 FINAL_NAME = "final.h5"
 EARLIER_NAME = "earlier"
 LOG_TAIL_BYTES = 64 * 1024  # what `earlier_run` reads of a metrics log, from its end
-SAFE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a run id usable as a name
-TIME_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+SAFE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # a run id usable as a name
+TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 
 
 def new_run_id() -> str:
@@ -61,11 +61,11 @@ def _log_summary(metrics_log: Path) -> dict:
         if not isinstance(record, dict):
             continue
         run, epoch, when = record.get("run"), record.get("epoch"), record.get("time")
-        if isinstance(run, str) and SAFE_ID_RE.match(run):
+        if isinstance(run, str) and SAFE_ID_RE.fullmatch(run):
             found["run"] = run
         if type(epoch) is int and 0 < epoch < checkpoint.COUNT_LIMIT:
             found["epochs"] = epoch
-        if isinstance(when, str) and TIME_RE.match(when):
+        if isinstance(when, str) and TIME_RE.fullmatch(when):
             found["last"] = when
     return found
 
@@ -116,18 +116,18 @@ def _earlier_id(files: dict[str, list[Path]]) -> "str | None":
     return None
 
 
-def move_aside(run_directory: Path, checkpoint_directory: Path, metrics_log: Path,
-               run_id: "str | None" = None) -> list[Path]:
+def move_aside(run_directory: Path, checkpoint_directory: Path,
+               metrics_log: Path) -> list[Path]:
     """Move another run's files (those `earlier_run` describes) into `earlier/<id>/` beside
-    each: `id` is `run_id`, else the earlier run's own, else the UTC time of its newest
+    each: `id` is the earlier run's own, else the UTC time of its newest
     file; a name taken gets a suffix ("-2"), so nothing is overwritten. Returns the
     folders filled."""
     files = _run_files(Path(run_directory), Path(checkpoint_directory), Path(metrics_log))
     moving = [path for paths in files.values() for path in paths]
     if not moving:
         return []
-    name = run_id or _earlier_id(files)
-    if not (name and SAFE_ID_RE.match(name)):
+    name = _earlier_id(files)
+    if not (name and SAFE_ID_RE.fullmatch(name)):
         newest = max(path.stat().st_mtime for path in moving)
         name = time.strftime("%Y%m%d-%H%M%S", time.gmtime(newest))
     parents = sorted({path.parent for path in moving})

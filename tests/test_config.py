@@ -65,6 +65,14 @@ def test_older_stored_jobs_read_as_they_were_meant():
     assert job["model.dtype"] == "float64"  # the override comment applies
     assert job["data.split_seed"] == 7  # older versions drew the hold-out with run.seed
     assert stored_job(parse_job(MINIMAL).text, "new.h5")["data.split_seed"] == 0
+    without_data = stored_job(MINIMAL.replace("[training]", "[run]\nseed = 5\n[training]"), "o")
+    assert without_data["data.split_seed"] == 5
+
+
+def test_dates_and_times_round_trip():
+    job = parse_job(MINIMAL, overrides=["data.since=2024-01-01", "data.at=1979-05-27T07:32:00Z",
+                                        "data.clock=07:32:00"])
+    assert parse_job(job.text).extras("data") == job.extras("data")
 
 
 def test_a_validation_set_replaces_the_hold_out():

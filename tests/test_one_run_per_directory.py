@@ -96,7 +96,7 @@ def test_resume_auto_refuses_another_runs_checkpoint_and_names_the_difference(tm
         "mpinn: error: --resume auto: runs/digits/ckpt-000000090.h5 is another run's "
         "checkpoint: data.validation_split is 0.3 here but 0.2 in "
         "runs/digits/ckpt-000000090.h5 (stored job); resume it with that job, train into a "
-        "new directory (--set run.name=NEW), or start over (--start-over)\n")
+        "new directory with --set run.name=NEW, or start over with --start-over\n")
     assert contents(first_run) == before
     longer = train(tmp_path, "--resume", "auto", "--set", "training.epochs=3")
     assert longer.returncode == 0, longer.stderr
@@ -122,7 +122,21 @@ def test_an_explicit_resume_of_changed_settings_says_what_changed(tmp_path, firs
 
 def test_start_over_and_resume_do_not_go_together(tmp_path):
     both = train(tmp_path, "--start-over", "--resume", "auto")
-    assert both.returncode == 2 and "--start-over trains afresh" in both.stderr
+    assert both.returncode == 2 and both.stderr == (
+        "mpinn: error: --start-over trains afresh: it cannot go with --resume\n")
+
+
+def test_resume_auto_of_a_run_without_checkpoints_offers_the_ways_that_work(tmp_path):
+    stopped = train(tmp_path, "--set", "run.directory='fixed'")
+    assert stopped.returncode == 0, stopped.stderr
+    for saved in (tmp_path / "fixed").glob("*.h5"):
+        saved.unlink()  # as if it died before its first checkpoint: a log only
+    again = train(tmp_path, "--resume", "auto", "--set", "run.directory='fixed'")
+    assert again.returncode == 2 and again.stderr.startswith(
+        "mpinn: error: --resume auto: fixed holds an earlier run (metrics.jsonl (run ")
+    assert again.stderr.endswith(
+        "but no checkpoint of it to resume; train into a new directory with --set "
+        "run.directory=NEW, or move it into earlier/ and start afresh with --start-over\n")
 
 
 def test_a_mid_epoch_checkpoint_resumes_only_with_its_batch_size(tmp_path):

@@ -43,8 +43,8 @@ def found(directory, checkpoints=None):
     return earlier_run(directory, checkpoints or directory, directory / "metrics.jsonl")
 
 
-def moved(directory, checkpoints=None, run_id=None):
-    return move_aside(directory, checkpoints or directory, directory / "metrics.jsonl", run_id)
+def moved(directory, checkpoints=None):
+    return move_aside(directory, checkpoints or directory, directory / "metrics.jsonl")
 
 
 def files(directory) -> list[str]:
@@ -119,6 +119,13 @@ def test_start_over_moves_the_earlier_run_into_earlier_its_id(tmp_path, model):
     assert files(tmp_path) == [LOCK_NAME, f"earlier/{RUN}/ckpt-000000001.h5",
                                f"earlier/{RUN}/final.h5", f"earlier/{RUN}/metrics.jsonl"]
     assert found(tmp_path) is None
+
+
+def test_a_run_id_that_is_no_file_name_is_not_used(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(log_lines({"epoch": 1, "run": "abc\n"}))
+    assert found(tmp_path) == "metrics.jsonl (1 epoch)"
+    (destination,) = moved(tmp_path)
+    assert re.fullmatch(r"\d{8}-\d{6}", destination.name)
 
 
 def test_without_a_log_the_id_comes_from_the_newest_checkpoint(tmp_path, model):

@@ -14,12 +14,13 @@ import traceback
 import numpy as np
 
 from ..errors import MpinnError
-from ..threads import fit_to_node
 from .watchdog import Watchdog
 
 # set by the launchers we know: MPICH/Hydra and PMI, Open MPI, PMIx, Slurm's srun
 LAUNCHER_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE",
                            "SLURM_STEP_NUM_TASKS")
+# a process's rank in its job: MPICH/Hydra, Open MPI, PMIx, srun
+LAUNCHER_RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
 # a process's index among the job's processes on its node: MPICH/Hydra, Open MPI, srun
 LAUNCHER_LOCAL_RANK_VARIABLES = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK",
                                  "SLURM_LOCALID")
@@ -224,6 +225,15 @@ def launched_size() -> int:
     return 1
 
 
+def launched_rank() -> int:
+    """This process's rank as its launcher announced it (0 when none did), for output
+    before MPI is up."""
+    for name in LAUNCHER_RANK_VARIABLES:
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
 def launched_local_rank() -> int:
     """This process's index on its node as its launcher announced it (0 when none did);
     `Comm.local_rank` is MPI's own answer, once MPI is up."""
@@ -237,9 +247,7 @@ def launched_local_rank() -> int:
 def world() -> Comm:
     """The job's communicator, made once per process: MPI's world, or a world of one where
     MPI cannot load. On more than one rank an uncaught exception ends every rank (see
-    Comm.excepthook), as under `python -m mpi4py`, and each rank's BLAS and OpenMP threads
-    are its share of its node's cores (see threads.py; `mpinn train` applies the job's
-    `run.threads` after)."""
+    Comm.excepthook), as under `python -m mpi4py`."""
     comm = _connect()
     if comm.size > 1:
         sys.excepthook = comm.excepthook
@@ -262,8 +270,6 @@ def _connect() -> Comm:
         raise MpinnError(
             f"launched as one of {launched_size()} processes, but MPI sees a world of 1: the "
             "launcher does not match the MPI library (use mpirun, or srun --mpi=pmi2)")
-    if comm.size > 1:
-        fit_to_node(comm.local_size)
     return comm
 
 

@@ -6,22 +6,19 @@ plugin subclasses Strategy and registers under the `mpinn.strategies` entry poin
 `get(name, **options)` makes one on the MPI world.
 """
 
-import hashlib
 import inspect
 import json
 
-import numpy as np
-
 from .. import plugins
 from ..errors import ConfigError, DataError
+from ..inputs import array_digest
+from ..threads import fit_to_node
 from .arrays import ArrayComm
 from .comm import Comm, LocalComm, sums, world
 from .watchdog import ranks_text
 
-SAMPLED_ROWS = 1024  # rows of an array in its digest, evenly spaced
 
-
-class DataDiffers(DataError):
+class RanksDiffer(DataError):
     """The ranks were given different data; raised on every rank alike."""
 
     every_rank = True  # rank 0 alone reports it (see Comm.excepthook)
@@ -41,22 +38,26 @@ class Strategy:
     def size(self) -> int:
         return self.comm.size
 
-    def agree(self, model, data: dict) -> None:
+    def agree(self, model, data: dict, settings: dict) -> None:
         """Before setup, on more than one rank: every rank takes rank 0's seed (shuffling
         and dropout draw from it; setup gives every rank rank 0's weights), and must hold
-        rank 0's `data` (name -> array or None), compared by shape, dtype and a digest of
-        sampled rows. Raises DataDiffers, naming the ranks that differ."""
-        mine = {"seed": model.seed, **{name: array_digest(model.backend, array)
-                                       for name, array in data.items()}}
+        rank 0's `data` (name -> array or None, compared by shape, dtype and a digest of
+        sampled rows) and `settings` (fit's arguments and the model's layout, compared as
+        JSON). Raises RanksDiffer on every rank, naming the first difference."""
+        mine = {"seed": model.seed,
+                **{name: array_digest(model.backend, array) for name, array in data.items()},
+                **{name: json.dumps(value) for name, value in settings.items()}}
         found = [json.loads(text) for text in
                  self.comm.allgather_bytes(json.dumps(mine).encode())]
-        for name in data:
+        for name in [*data, *settings]:
             differ = [rank for rank, theirs in enumerate(found) if theirs[name] != found[0][name]]
             if differ:
-                raise DataDiffers(
+                what = "data" if name in data else "arguments"
+                raise RanksDiffer(
                     f"fit: {ranks_text(differ)} {'has' if len(differ) == 1 else 'have'} other "
-                    f"data than rank 0: {name} is {found[differ[0]][name]} on rank {differ[0]} "
-                    f"but {found[0][name]} on rank 0 (every rank must pass fit the same arrays)")
+                    f"{what} than rank 0: {name} is {found[differ[0]][name]} on rank "
+                    f"{differ[0]} but {found[0][name]} on rank 0 (every rank must call fit "
+                    "alike, with the same arrays and the same model)")
         if found[0]["seed"] != model.seed:
             model.reseed(found[0]["seed"])
 
@@ -139,16 +140,5 @@ def get(name: str, comm: "Comm | None" = None, **options) -> Strategy:
     comm = comm or world()
     if comm.size == 1:
         return LocalStrategy(comm)
+    fit_to_node(comm.local_size)  # the rank's share of its node's cores, before training
     return strategy_class(comm=comm, **options)
-
-
-def array_digest(backend, array) -> str:
-    """Shape, dtype and a digest of up to SAMPLED_ROWS evenly spaced rows' bytes ("none"
-    for None): cheap, and it tells apart data sets that differ in order or content."""
-    if array is None:
-        return "none"
-    rows = np.unique(np.linspace(0, len(array) - 1, min(len(array), SAMPLED_ROWS),
-                                 dtype=np.int64))
-    sample = np.ascontiguousarray(backend.to_numpy(array[backend.asarray(rows)]))
-    digest = hashlib.blake2b(sample.tobytes(), digest_size=8).hexdigest()
-    return f"{list(array.shape)} {array.dtype} {digest}"

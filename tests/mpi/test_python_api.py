@@ -18,7 +18,7 @@ BROKEN_MPI = {"MPI4PY_LIBMPI": "/nonexistent/libmpi.so.12"}  # mpi4py fails to l
 
 # argv: strategy ("none", "allreduce", or "ps": mpinn.strategy("ps", staleness=2)), output
 # folder; MPINN_TEST_FAIL="rank:before" or "rank:fit" raises there, MPINN_TEST_OTHER_DATA
-# gives one rank other data
+# gives one rank other data, MPINN_TEST_OTHER_BATCH another batch size
 SCRIPT = """
 import os, sys
 import numpy as np
@@ -48,7 +48,8 @@ model = Sequential([Dense(32, activation="relu", input_shape=(64,)),
 model.compile(optimizer=mpinn.SGD(learning_rate=0.1), loss="sparse_categorical_crossentropy",
               metrics=["accuracy"])
 strategy = {"none": None, "ps": mpinn.strategy("ps", staleness=2)}.get(name, name)
-history = model.fit(x, y, batch_size=64, epochs=1000 if fail else 3, validation_split=0.1,
+batch_size = 32 if os.environ.get("MPINN_TEST_OTHER_BATCH") == str(world.rank) else 64
+history = model.fit(x, y, batch_size=batch_size, epochs=1000 if fail else 3, validation_split=0.1,
                     strategy=strategy,
                     callbacks=[FailAtStep()] if fail == f"{world.rank}:fit" else [])
 np.savez(f"{out}/weights-{world.rank}.npz", *model.get_weights())
@@ -160,9 +161,21 @@ def test_ranks_with_other_data_refuse_in_one_line(tmp_path):
     result = run(tmp_path, 2, "train.py", "allreduce", str(tmp_path),
                  env={"MPINN_TEST_OTHER_DATA": "1"}, timeout=45)
     assert result.returncode == 2
-    lines = [line for line in result.stderr.splitlines() if "DataDiffers:" in line]
+    lines = [line for line in result.stderr.splitlines() if "RanksDiffer:" in line]
     assert len(lines) == 1, result.stderr  # rank 0 alone says it
     assert "fit: rank 1 has other data than rank 0: x is [1617, 64] float32 " in lines[0]
+
+
+@pytest.mark.timeout(60)
+def test_ranks_calling_fit_with_other_arguments_refuse_in_one_line(tmp_path):
+    result = run(tmp_path, 2, "train.py", "allreduce", str(tmp_path),
+                 env={"MPINN_TEST_OTHER_BATCH": "1"}, timeout=45)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if "RanksDiffer:" in line]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].endswith("fit: rank 1 has other arguments than rank 0: batch_size is 32 "
+                             "on rank 1 but 64 on rank 0 (every rank must call fit alike, "
+                             "with the same arrays and the same model)")
 
 
 @pytest.mark.timeout(120)
