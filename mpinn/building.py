@@ -7,7 +7,7 @@ import math
 
 from . import checkpoint, optim, plugins
 from .backend import get_backend
-from .config import Job, stored_job
+from .config import SCHEMA, Job, stored_job, with_data_defaults
 from .data import train_test_split
 from .dist.comm import Comm
 from .errors import ConfigError, DataError, MpinnError
@@ -120,12 +120,31 @@ def load_data(job: Job):
     return (x_train, y_train), (x_val, y_val)
 
 
+def completed(job: Job) -> Job:
+    """The job with its dataset's default arguments written out, so that giving a default
+    explicitly is the same job, and a checkpoint records every argument its data had."""
+    try:
+        loader = plugins.load(plugins.DATASETS, job["data.dataset"])
+    except MpinnError:
+        return job  # load_data says what is wrong
+    defaults = {parameter.name: parameter.default
+                for parameter in inspect.signature(loader).parameters.values()
+                if isinstance(parameter.default, (bool, int, float, str))}
+    return with_data_defaults(job, defaults)
+
+
 def load_dataset(job: Job, name: str, arguments: dict, key: str = "data"):
     """(x, y) of dataset plugin `name` called with `arguments`; `key` names them in errors."""
     try:
         loader = plugins.load(plugins.DATASETS, name)
     except MpinnError as exc:
         raise ConfigError(f"{job.source}: {key}.dataset: {exc}") from exc
+    allowed = _keyword_names(loader)
+    unknown = sorted(set(arguments) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{job.source}: unknown key {key}.{unknown[0]}; [data] takes "
+                          f"{', '.join(SCHEMA['data'])} and the arguments of dataset {name!r}: "
+                          f"{', '.join(allowed) or 'none'}")
     where = f"{job.source}: [{key}] (dataset {name!r})"
     x, y = _call_checked(where, loader, arguments)
     if len(x) != len(y):

@@ -168,7 +168,11 @@ class MetricsLog(_EpochClock):
                   "samples_per_second": round(self.samples_per_second(), 1), **self.fields}
         for extra in self.extras:
             record.update(extra())
-        record["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.append(record)
+
+    def append(self, record: dict) -> None:
+        """One line: `record`, then the UTC time and the run's id."""
+        record = {**record, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         if self.run_id is not None:
             record["run"] = self.run_id
         try:

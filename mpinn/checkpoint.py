@@ -286,6 +286,9 @@ def read(path) -> Checkpoint:
     file holds, is one DataError naming the file. Tensor values are read later, with
     their checksums."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: a directory, not a checkpoint file (a run's model is "
+                        f"{path / 'final.h5'})")
     if not path.is_file():
         raise DataError(f"{path}: no such checkpoint file")
     if not h5py.is_hdf5(path):

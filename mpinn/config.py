@@ -75,8 +75,8 @@ SCHEMA = {
 OPEN_SECTIONS = {"data", "optimizer", "strategy"}
 POSITIVE = {"training.epochs", "training.batch_size", "optimizer.learning_rate",
             "checkpoint.keep"}
-NOT_NEGATIVE = {"run.threads", "checkpoint.every_epochs", "checkpoint.every_steps",
-                "watchdog.warn_seconds", "watchdog.abort_seconds"}
+NOT_NEGATIVE = {"run.seed", "run.threads", "data.split_seed", "checkpoint.every_epochs",
+                "checkpoint.every_steps", "watchdog.warn_seconds", "watchdog.abort_seconds"}
 TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
               list: "an array", dict: "a table"}
 
@@ -89,6 +89,7 @@ class Job:
     source: str
     sections: MappingProxyType
     text: str
+    overrides: tuple = ()  # the `--set` items applied, as given
 
     def __getitem__(self, dotted: str):
         section, key = dotted.split(".", 1)
@@ -114,6 +115,9 @@ def load_job(path: "str | Path | None" = None, overrides=()) -> Job:
             text = Path(path).read_text()
         except OSError as exc:
             raise ConfigError(f"{source}: cannot read the job file ({exc.strerror})") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{source}: not a job file (TOML text); it holds binary data "
+                              f"at byte {exc.start}") from exc
     return parse_job(text, source, overrides)
 
 
@@ -143,9 +147,21 @@ def parse_job(text: str, source: str = "job", overrides=()) -> Job:
         extras = {key: value for key, value in given.items() if key not in keys}
         sections[section] = MappingProxyType({**checked, **extras})
     _check_validation_set(source, raw.get("data", {}), sections)
-    job = Job(source, MappingProxyType(sections), dump_job(sections, overrides))
+    job = Job(source, MappingProxyType(sections), dump_job(sections, overrides),
+              tuple(overrides))
     _check_layers(job)
     return job
+
+
+def names_data(text: str) -> bool:
+    """Whether a stored job says what data it trained on (a model saved from Python with
+    `Sequential.save` does not)."""
+    if text.startswith(RESOLVED_HEADER):
+        return True
+    try:
+        return "data" in tomllib.loads(text.partition(OLD_OVERRIDES_MARKER)[0])
+    except tomllib.TOMLDecodeError:
+        return False
 
 
 def stored_job(text: str, source: str, overrides=()) -> Job:
@@ -158,6 +174,14 @@ def stored_job(text: str, source: str, overrides=()) -> Job:
     given = [line[2:] for line in trailer.splitlines() if line.startswith("# ")]
     seed = parse_job(body, source, given)["run.seed"]
     return parse_job(body, source, [*given, f"data.split_seed={seed}", *overrides])
+
+
+def with_data_defaults(job: Job, defaults: dict) -> Job:
+    """`job` with `defaults` (a dataset's default arguments) added to [data] where unset."""
+    data = {**job.sections["data"], **{key: value for key, value in defaults.items()
+                                       if key not in job.sections["data"]}}
+    sections = MappingProxyType({**job.sections, "data": MappingProxyType(data)})
+    return Job(job.source, sections, dump_job(sections, job.overrides), job.overrides)
 
 
 def differences(job: Job, other: Job, ignore=(), only=None) -> list[str]:

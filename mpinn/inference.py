@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint
-from .building import load_data, load_dataset, model_from, stored
-from .config import Job
+from .building import completed, load_data, load_dataset, model_from, stored
+from .config import Job, names_data
+from .data.files import read_numpy
 from .dist.strategy import Strategy
 from .errors import ConfigError, DataError, MpinnError, StorageError
 from .inputs import features
@@ -37,27 +38,32 @@ class Evaluation:
         return self.model._evaluate_checked(self.x, self.y, self.batch_size, strategy)
 
 
-def restored(path, overrides=()) -> tuple[Sequential, Job, Job]:
-    """(model with the checkpoint's weights, the stored job, the job with `overrides`);
-    only the data and the backend may be overridden: the model is the checkpoint's."""
+def restored(path, overrides=()) -> tuple[Sequential, Job, Job, "checkpoint.Checkpoint"]:
+    """(model with the checkpoint's weights, the stored job, the job with `overrides`, the
+    checkpoint); only the data and the backend may be overridden: the model is the
+    checkpoint's."""
     for item in overrides:
         key = item.partition("=")[0].strip()
         if not (key.startswith("data.") or key == "model.backend"):
             raise ConfigError(f"--set {item!r}: only data.* keys and model.backend can be set "
                               "here; the model is the checkpoint's")
     found = checkpoint.read(path)
-    job = stored(found, overrides=overrides)
+    job = completed(stored(found, overrides=overrides))
     model = model_from(found, job)
     checkpoint.restore(model, found)
-    return model, stored(found), job
+    return model, completed(stored(found)), job, found
 
 
 def prepare_evaluation(path, data_file=None, overrides=()) -> Evaluation:
     """What `mpinn evaluate` scores: every sample of `data_file`; every sample of the data
     when `overrides` change where it comes from; else the run's validation set."""
-    model, trained, job = restored(path, overrides)
+    model, trained, job, found = restored(path, overrides)
     if model.loss is None:
         raise MpinnError(f"{path}: the stored model has no loss to evaluate")
+    if data_file is None and not overrides and not names_data(found.attrs["config"]):
+        raise ConfigError(f"{path}: the stored job names no data (a model saved from Python): "
+                          "give the data to score with --data FILE, or --set data.dataset=... "
+                          "and its arguments")
     if data_file is not None:
         (x, y), what = _file_data(job, data_file), f"{data_file}"
     elif job["data.dataset"] != trained["data.dataset"] or (
@@ -93,11 +99,11 @@ def _validation_text(job: Job) -> str:
 
 def prepare_prediction(path, inputs) -> tuple[Sequential, np.ndarray]:
     """The checkpoint's model and the samples of INPUT.npy, checked against it."""
-    model, _, _ = restored(path)
-    try:
-        x = np.load(inputs, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"{inputs}: not a readable .npy array ({exc})") from exc
+    model, *_ = restored(path)
+    x = read_numpy(inputs, ".npy array")
+    if not isinstance(x, np.ndarray):
+        raise DataError(f"{inputs}: not a .npy array but an archive; save the samples with "
+                        "numpy.save")
     return model, features(x, model.input_dim, str(inputs), f"layer {model.layers[0].name!r}")
 
 

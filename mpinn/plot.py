@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from .errors import DataError, MpinnError, StorageError
+from .runs import PICTURE_NAME
 
 LOG_NAME = "metrics.jsonl"  # logging.metrics_log of the default job
 # What an epoch line holds besides the loss and metrics (MetricsLog, the runner, stragglers.py)
@@ -24,7 +25,9 @@ def plot_run(source: "str | Path", output: "str | Path | None" = None) -> Path:
     except ImportError:
         raise MpinnError('mpinn plot needs matplotlib: pip install "mpinn[plot]"') from None
     log = Path(source) / LOG_NAME if Path(source).is_dir() else Path(source)
-    output = Path(output) if output is not None else log.parent / "curves.png"
+    output = Path(output) if output is not None else log.parent / PICTURE_NAME
+    if output.suffix.lower() != ".png":
+        raise DataError(f"{output}: mpinn plot writes PNG; give a name ending in .png")
     records = read_log(log)
     runs = list(dict.fromkeys(record.get("run") for record in records))
     records = [record for record in records if record.get("run") == runs[-1]]
@@ -60,14 +63,18 @@ def plot_run(source: "str | Path", output: "str | Path | None" = None) -> Path:
 
 
 def read_log(log: Path) -> list[dict]:
-    """The epoch lines of the metrics log `log`. A missing or empty log, a line that is not
-    a JSON object, or a value that is not a number fails with one line naming the file."""
+    """The epoch lines of the metrics log `log` (but an unfinished last line). A missing or
+    empty log, a line that is not a JSON object, or a value that is not a number fails with
+    one line naming the file."""
     try:
         text = log.read_text(errors="replace")  # a stray byte fails as that line's JSON
     except OSError as exc:
         raise DataError(f"{log}: cannot read the metrics log: {exc.strerror}") from exc
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):
+        lines.pop()  # cut short by a job that was killed while writing it
     records = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         where = f"{log}, line {number}"

@@ -15,8 +15,8 @@ import numpy as np
 
 from . import checkpoint
 from .agreement import SetupFailed, agree, fingerprint
-from .building import build_model, load_backend, load_data, load_strategy, stored
-from .callbacks import Callback, History, MetricsLog, ModelCheckpoint, ProgressLogger, json_line
+from .building import build_model, completed, load_backend, load_data, load_strategy, stored
+from .callbacks import Callback, History, MetricsLog, ModelCheckpoint, ProgressLogger
 from .config import Job, differences, load_job
 from .dist.comm import Comm, world
 from .dist.watchdog import StalledStop
@@ -43,10 +43,12 @@ class Prepared:
     resumed: "checkpoint.Checkpoint | None" = None
     locks: list[RunLock] = field(default_factory=list)  # rank 0's, on its directories
     saver: "ModelCheckpoint | None" = None  # rank 0's, once training starts
+    log: "MetricsLog | None" = None  # rank 0's, once training starts
     run_id: "str | None" = None  # rank 0's: kept across resumes
     earlier: "str | None" = None  # rank 0's: another run's files, to move aside
     changed: list[str] = field(default_factory=list)  # how the resumed job differed
     threads: "ThreadPlan | None" = None  # this rank's BLAS and OpenMP threads
+    pixel_note: "str | None" = None  # inputs that look like raw 0-255 pixels
 
     @property
     def checkpoint_directory(self) -> Path:
@@ -109,13 +111,15 @@ def prepare(job: Job, comm: Comm, resume: "str | None" = None, on_skip=None,
     model = build_model(job)
     check_memory(job, model, np.shape(train[0])[-1], comm)
     strategy = load_strategy(job, comm)
+    pixel_note = raw_pixel_note(train[0], model, f"{job.source}: data x")  # as loaded
     # checked against the model on every rank, and kept in the model's dtype and memory
     train = model._checked(*train)
     if validation is not None:
         validation = model._checked(*validation, "x_val", "y_val")
     model.optimizer.skip_nonfinite = job["training.on_nonfinite"] == "skip"
     directory = Path(job["run.directory"].format(name=job["run.name"]))
-    prepared = Prepared(job, model, strategy, train, validation, directory)
+    prepared = Prepared(job, model, strategy, train, validation, directory,
+                        pixel_note=pixel_note)
     if strategy.name == "ps" and job["checkpoint.every_steps"]:
         raise ConfigError(f"{job.source}: checkpoint.every_steps needs strategy 'allreduce'; "
                           "'ps' checkpoints at epoch ends (checkpoint.every_epochs)")
@@ -152,7 +156,7 @@ def _changes(job: Job, found: "checkpoint.Checkpoint", resume: str) -> list[str]
     A new batch size mid-epoch would replay other samples: refused."""
     if not found.attrs["config"].strip():
         return []
-    trained = stored(found)
+    trained = completed(stored(found))
     other = differences(job, trained, only=IDENTITY)
     if other and resume == "auto":
         more = f" (and {len(other) - 1} more)" if len(other) > 1 else ""
@@ -210,7 +214,10 @@ def train(prepared: Prepared, progress: str = "auto", requests: "StopRequests | 
     history = History()
     epoch = step = 0
     if prepared.resumed is not None:
-        history.history = {k: list(v) for k, v in prepared.resumed.history.items()}
+        # in training's order: loss, metrics, then their validation figures
+        history.history = {key: list(values) for key, values in sorted(
+            prepared.resumed.history.items(),
+            key=lambda item: (item[0].startswith("val_"), item[0].removeprefix("val_") != "loss"))}
         history.epoch = list(range(max(map(len, history.history.values()), default=0)))
         epoch, step = prepared.resumed.data["epoch"], prepared.resumed.data["step"]
     hooks = [history]
@@ -228,8 +235,9 @@ def train(prepared: Prepared, progress: str = "auto", requests: "StopRequests | 
     samples = len(prepared.train[0])
     steps = -(-samples // batch_size)
     if strategy.rank == 0:
-        hooks.append(MetricsLog(prepared.metrics_log, samples, extras,
-                                run_id=prepared.run_id, world_size=strategy.size))
+        prepared.log = MetricsLog(prepared.metrics_log, samples, extras,
+                                  run_id=prepared.run_id, world_size=strategy.size)
+        hooks.append(prepared.log)
         ticks = strategy.progress_steps(steps)
         if progress != "none":
             hooks.append(ProgressLogger(progress, epochs, samples, batch_size, steps=ticks))
@@ -307,7 +315,7 @@ def run_job(path, overrides=(), quiet: bool = False, resume: "str | None" = None
     try:
         if start_over and resume:
             raise ConfigError("--start-over trains afresh: it cannot go with --resume")
-        job = load_job(path, overrides)
+        job = completed(load_job(path, overrides))
         threads = fit_to_node(comm.local_size, job["run.threads"])  # before any BLAS call
         comm.watch(job["watchdog.warn_seconds"], job["watchdog.abort_seconds"],
                    requests.pending)
@@ -438,9 +446,8 @@ def _notes(prepared: Prepared, skipped: list[str]) -> list[str]:
     if batch_size > samples:
         lines.append(f"mpinn: note: training.batch_size = {batch_size} exceeds the {samples} "
                      "training samples: each epoch is one step on all of them")
-    pixels = raw_pixel_note(prepared.train[0], prepared.model, f"{job.source}: data x")
-    if pixels:
-        lines.append(f"mpinn: note: {pixels}")
+    if prepared.pixel_note:
+        lines.append(f"mpinn: note: {prepared.pixel_note}")
     return lines
 
 
@@ -543,16 +550,14 @@ def _save_final(prepared: Prepared, history: dict, epochs: int,
 
 def _report_strategy(prepared: Prepared, requests: StopRequests, quiet: bool) -> None:
     """The strategy's figures for the whole run, in the metrics log (rank 0)."""
-    strategy, log = prepared.strategy, prepared.metrics_log
+    strategy = prepared.strategy
     report = strategy.report()
     if not report:
         return
     try:
-        with log.open("a") as file:
-            file.write(json_line({"run": prepared.run_id, "strategy": strategy.name,
-                                  **report}))
-    except OSError as exc:
-        requests.fail(StorageError(f"cannot write {log}: {exc.strerror}"))
+        prepared.log.append({"strategy": strategy.name, **report})
+    except StorageError as error:
+        requests.fail(error)
     if not quiet:
         print(f"{strategy.name}: " + ", ".join(f"{k}={v}" for k, v in report.items()))
 

@@ -13,6 +13,7 @@ from . import checkpoint
 from .errors import DataError, StorageError
 
 FINAL_NAME = "final.h5"
+PICTURE_NAME = "curves.png"  # mpinn plot's
 EARLIER_NAME = "earlier"
 LOG_TAIL_BYTES = 64 * 1024  # what `earlier_run` reads of a metrics log, from its end
 SAFE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # a run id usable as a name
@@ -28,14 +29,16 @@ def new_run_id() -> str:
 def _run_files(run_directory: Path, checkpoint_directory: Path,
                metrics_log: Path) -> dict[str, list[Path]]:
     """What a run leaves, by kind: final.h5, checkpoints (newest first), temporary
-    checkpoint files, a non-empty metrics log."""
-    final = run_directory / FINAL_NAME
+    checkpoint files, a non-empty metrics log, and the picture `mpinn plot` drew of it
+    (moved with the run, though alone it is no run)."""
+    final, picture = run_directory / FINAL_NAME, run_directory / PICTURE_NAME
     temporary = sorted(path for path in _listed(checkpoint_directory)
                        if checkpoint.TEMPORARY_RE.match(path.name))
     return {"final": [final] if final.is_file() else [],
             "checkpoints": checkpoint.list_checkpoints(checkpoint_directory),
             "temporary": temporary,
-            "log": [metrics_log] if metrics_log.is_file() and metrics_log.stat().st_size else []}
+            "log": [metrics_log] if metrics_log.is_file() and metrics_log.stat().st_size else [],
+            "picture": [picture] if picture.is_file() else []}
 
 
 def _listed(directory: Path) -> list[Path]:

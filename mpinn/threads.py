@@ -52,9 +52,11 @@ def plan(local_ranks: int, setting: int = 0, environ=os.environ,
     given = [f"{name}={environ[name]}" for name in THREAD_VARIABLES if environ.get(name)]
     if given:
         return ThreadPlan(None, f"{' '.join(given)} in the environment")
-    if setting:
-        return ThreadPlan(setting, f"run.threads = {setting} in the job")
     cores = cores or node_cores()
+    if setting:
+        more = (f", more than the {_many(cores.affinity, 'core')} this rank may use"
+                if setting > cores.affinity else "")
+        return ThreadPlan(setting, f"run.threads = {setting} in the job{more}")
     # With the node's ranks spread evenly over its CPUs, this rank's CPUs are shared by
     # `sharing` of them: 1 when each is bound to cores of its own, all when none is bound.
     sharing = math.ceil(local_ranks * cores.affinity / max(cores.node, cores.affinity))

@@ -149,7 +149,8 @@ def test_bad_model_settings_are_named(overrides, message):
     (["data.dataset='imagenet'"], "data.dataset: no mpinn.datasets plugin named 'imagenet'"),
     (["data.dataset='npz'", "data.path='missing.npz'"], "data file 'missing.npz' does not exist"),
     (["data.dataset='npz'", "data.file='x.npz'"],
-     "[data] (dataset 'npz'): unknown key file; allowed: path, x, y"),
+     "unknown key data.file; [data] takes dataset, validation_split, split_seed, validation "
+     "and the arguments of dataset 'npz': path, x, y"),
     (["strategy.name='gossip'"], "strategy.name: no mpinn.strategies plugin named"),
     (["strategy.buckets=4"], "[strategy] ('allreduce'): unknown key buckets; allowed: none"),
     (["data.dataset='regression'"], "not a class index"),
@@ -173,3 +174,16 @@ def test_training_needs_a_loss():
     job = parse_job("[model]\nlayers = [{ type = 'dense', units = 1 }]\n", "job.toml")
     with pytest.raises(ConfigError, match="job.toml: training.loss is required"):
         prepare(job, LocalComm())
+
+
+@pytest.mark.parametrize("override", ["run.seed=-1", "data.split_seed=-3"])
+def test_seeds_are_not_negative(override):
+    with pytest.raises(ConfigError, match=rf"{override.split('=')[0]} must be >= 0"):
+        parse_job(MINIMAL, "job.toml", [override])
+
+
+def test_a_binary_file_is_no_job_file(tmp_path):
+    (tmp_path / "final.h5").write_bytes(b"\x89HDF\r\n\x1a\n\xff\xfe")
+    with pytest.raises(ConfigError, match=r"final.h5: not a job file \(TOML text\); it holds "
+                                          r"binary data at byte 0"):
+        load_job(tmp_path / "final.h5")

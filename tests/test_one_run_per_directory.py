@@ -66,6 +66,7 @@ def test_a_second_run_into_the_same_directory_is_refused_and_changes_nothing(tmp
 
 
 def test_start_over_moves_the_earlier_run_aside_whole(tmp_path, first_run):
+    (first_run / "curves.png").write_bytes(b"the earlier run's picture")
     before = contents(first_run)
     run = records(first_run / "metrics.jsonl")[0]["run"]
     fresh = train(tmp_path, "--start-over")

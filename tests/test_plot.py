@@ -84,6 +84,14 @@ def test_default_job_curves_are_a_png_beside_the_log(trained_run, figures):
     assert [axes.get_ylabel() for axes in figure.axes] == ["loss", "accuracy", "samples/s"]
 
 
+def test_a_last_line_cut_short_by_a_killed_job_is_left_out(tmp_path, figures):
+    log = write_log(tmp_path / "metrics.jsonl", epoch(1), epoch(2))
+    with log.open("a") as file:
+        file.write('{"epoch": 3, "lo')
+    plot_run(log)
+    assert curves(figures[0])["loss"]["training"] == [1.0, 0.5]
+
+
 def test_a_log_file_plots_where_asked(tmp_path, figures):
     log = write_log(tmp_path / "elsewhere.jsonl", epoch(1), epoch(2, mae=0.5),
                     {"strategy": "ps", "server_busy_fraction": 0.3})
@@ -130,8 +138,8 @@ def test_nulls_are_gaps(tmp_path, figures):
     ("", "{log}: empty; is it the metrics log of an mpinn run?"),
     ("\n\n", "{log}: empty; is it the metrics log of an mpinn run?"),
     ('{"strategy": "ps"}\n', "{log}: no epoch lines; is it the metrics log of an mpinn run?"),
-    ('{"epoch": 1, "loss": 1.0}\n{"epoch": 2, "lo', "{log}, line 2: not a JSON line "
-     "(Unterminated string starting at)"),
+    ('{"epoch": 1, "loss": 1.0}\n{"epoch": 2, "lo\n{"epoch": 3}\n', "{log}, line 2: not a "
+     "JSON line (Unterminated string starting at)"),
     ('{"epoch": 1}\n\n[1, 2]\n', "{log}, line 3: not a JSON object"),
     ('{"epoch": 1, "loss": "low"}\n', "{log}, line 1: loss must be a number. "
      "Received: loss='low'"),
@@ -214,3 +222,10 @@ class TestPlotCommand:
         assert result.exit_code == 2
         assert result.output == (f"mpinn: error: {tmp_path / 'metrics.jsonl'}: cannot read the "
                                  "metrics log: No such file or directory\n")
+
+
+def test_only_png_is_written(tmp_path):
+    log = write_log(tmp_path / "metrics.jsonl", epoch(1))
+    with pytest.raises(DataError, match=r"k.pdf: mpinn plot writes PNG; give a name ending"):
+        plot_run(log, tmp_path / "k.pdf")
+    assert not (tmp_path / "k.pdf").exists()

@@ -30,6 +30,8 @@ def test_every_variable_set_is_named_and_empty_ones_are_not_settings():
 def test_the_job_setting_wins_over_the_cores():
     assert plan(2, setting=3, environ={}, cores=EIGHT) == ThreadPlan(3, "run.threads = 3 "
                                                                         "in the job")
+    assert plan(2, setting=99, environ={}, cores=EIGHT) == ThreadPlan(
+        99, "run.threads = 99 in the job, more than the 8 cores this rank may use")
 
 
 @pytest.mark.parametrize(("ranks", "threads", "reason"), [

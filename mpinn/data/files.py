@@ -21,17 +21,31 @@ def _missing(path, key, holds) -> DataError:
     return DataError(f"{path}: no array named {key!r}; it holds: {', '.join(holds) or 'none'}")
 
 
+def read_numpy(path, kind: str):
+    """What np.load finds in `path` (an array or an archive), never unpickled; a file it
+    cannot read is a DataError naming `kind`, the file format expected."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        why = "it is no NumPy file" if "pickle" in str(exc) else str(exc)
+        raise DataError(f"{path}: not a readable {kind} ({why})") from exc
+
+
 def load_npz(path, x: str = "x", y: str = "y") -> Dataset:
     """Arrays `x` and `y` of a NumPy .npz archive (never unpickled)."""
     path = _existing(path)
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            for key in (x, y):
-                if key not in archive.files:
-                    raise _missing(path, key, sorted(archive.files))
+    archive = read_numpy(path, ".npz archive")
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: not a .npz archive but a single array; save x and y "
+                        "together with numpy.savez(path, x=..., y=...)")
+    with archive:
+        for key in (x, y):
+            if key not in archive.files:
+                raise _missing(path, key, sorted(archive.files))
+        try:
             return Dataset(archive[x], archive[y])
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable .npz archive ({exc})") from exc
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: not a readable .npz archive ({exc})") from exc
 
 
 def _numeric_datasets(file: h5py.File) -> list[str]:

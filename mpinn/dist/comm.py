@@ -100,12 +100,16 @@ class Comm:
 
     def excepthook(self, kind, error, trace) -> None:
         """sys.excepthook on more than one rank: print the rank-tagged traceback and end
-        every rank, so that none waits forever for this one. An error whose class sets
-        `every_rank` is raised by every rank alike: rank 0 alone prints it."""
-        if self.rank == 0 or not getattr(error, "every_rank", False):
-            lines = "".join(traceback.format_exception(kind, error, trace)).rstrip()
-            sys.stderr.write("".join(f"{self.tag}{line}\n" for line in lines.splitlines()))
-        self.abort(error.exit_code if isinstance(error, MpinnError) else 1)
+        every rank, so that none waits forever for this one. mpinn's own errors (bad input)
+        print one line; one that sets `every_rank` is raised by every rank alike, and rank 0
+        alone prints it."""
+        if isinstance(error, MpinnError):  # bad input: one line, as `mpinn` says it
+            if self.rank == 0 or not getattr(error, "every_rank", False):
+                sys.stderr.write(f"{self.tag}mpinn: error: {error}\n")
+            self.abort(error.exit_code)
+        lines = "".join(traceback.format_exception(kind, error, trace)).rstrip()
+        sys.stderr.write("".join(f"{self.tag}{line}\n" for line in lines.splitlines()))
+        self.abort(1)
 
 
 class LocalComm(Comm):

@@ -10,7 +10,7 @@ import inspect
 import json
 
 from .. import plugins
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, MpinnError
 from ..inputs import array_digest
 from ..threads import fit_to_node
 from .arrays import ArrayComm
@@ -128,17 +128,23 @@ class LocalStrategy(Strategy):
 def get(name: str, comm: "Comm | None" = None, **options) -> Strategy:
     """The strategy plugin `name` on `comm` (the MPI world by default), with `options`
     (e.g. get("ps", staleness=2)). In a world of one every strategy is the local step: the
-    options are checked by name, their values where there are more ranks."""
-    strategy_class = plugins.load(plugins.STRATEGIES, name)
-    parameters = inspect.signature(strategy_class).parameters.values()
-    if not any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters):
-        allowed = [parameter.name for parameter in parameters if parameter.name != "comm"]
-        unknown = sorted(set(options) - set(allowed))
-        if unknown:
-            raise ConfigError(f"strategy {name!r}: unknown option {unknown[0]!r}; allowed: "
-                              f"{', '.join(allowed) or 'none'}")
+    options are checked by name, their values where there are more ranks. A bad name or
+    option is raised by every rank alike (rank 0 alone says it, see Comm.excepthook)."""
     comm = comm or world()
-    if comm.size == 1:
-        return LocalStrategy(comm)
+    try:
+        strategy_class = plugins.load(plugins.STRATEGIES, name)
+        parameters = inspect.signature(strategy_class).parameters.values()
+        if not any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters):
+            allowed = [parameter.name for parameter in parameters if parameter.name != "comm"]
+            unknown = sorted(set(options) - set(allowed))
+            if unknown:
+                raise ConfigError(f"strategy {name!r}: unknown option {unknown[0]!r}; "
+                                  f"allowed: {', '.join(allowed) or 'none'}")
+        if comm.size == 1:
+            return LocalStrategy(comm)
+        strategy = strategy_class(comm=comm, **options)
+    except MpinnError as error:
+        error.every_rank = True
+        raise
     fit_to_node(comm.local_size)  # the rank's share of its node's cores, before training
-    return strategy_class(comm=comm, **options)
+    return strategy

@@ -4,7 +4,10 @@ of the ranks, and each rank's BLAS threads fit the node unless the environment s
 import os
 import re
 
+import numpy as np
 import pytest
+
+from mpinn.data import load_digits
 
 CORES = len(os.sched_getaffinity(0))
 FITTED = f"{max(1, CORES // 2)} ({CORES} cores / 2 ranks on this node)"
@@ -32,3 +35,15 @@ def test_training_fits_blas_threads_to_the_node_and_says_so(tmp_path, launch):
     assert (f"2 rank(s), allreduce, numpy backend (host); {threads} BLAS thread"
             f"{'s' * (threads > 1)} per rank ({CORES} cores / 2 ranks on this node)"
             ) in trained.stdout.splitlines()[0]
+
+
+def test_raw_pixels_get_one_note_naming_the_rescale_layer(tmp_path, launch):
+    digits = load_digits()
+    np.savez(tmp_path / "pixels.npz", x=(digits.x * 255).astype(np.uint8), y=digits.y)
+    trained = launch(2, "train", "-q", "--set", "training.epochs=1", "--set",
+                     "data.dataset=npz", "--set", "data.path=pixels.npz")
+    assert trained.returncode == 0, trained.stderr
+    assert trained.stderr == (
+        "mpinn: note: default job: data x looks like raw 0-255 pixels (uint8, max 255); add a "
+        'rescale layer first: { type = "rescale", scale = 0.00392156862745098 } (1/255) in a '
+        "job file, mpinn.Rescale(1 / 255) in Python\n")

@@ -31,9 +31,10 @@ def test_sync_mode_equals_allreduce_over_the_workers(tmp_path, launch, ranks):
     for name, value in finals["allreduce"].items():
         np.testing.assert_allclose(finals["ps"][name], value, rtol=1e-9, atol=1e-12,
                                    err_msg=name)
-    report = records(tmp_path / "ps")[-1]
+    *epochs, report = records(tmp_path / "ps")
     assert report["mode"] == "sync" and report["version_lag_histogram"] == {
         "0": report["updates_applied"] * (ranks - 1)}
+    assert list(report)[-2:] == ["time", "run"] and report["run"] == epochs[0]["run"]
 
 
 @pytest.mark.timeout(300)
