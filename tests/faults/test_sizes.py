@@ -24,8 +24,8 @@ def test_x_and_y_of_different_lengths_are_refused_naming_the_file(tmp_path, laun
     assert run.returncode == 2
     lengths = {name: len(array) for name, array in arrays.items()}
     assert run.stderr == (f"mpinn: error: job.toml: [data] (dataset 'npz', path="
-                          f"'{tmp_path / 'data.npz'}'): x has {lengths['x']} samples but y has "
-                          f"{lengths['y']}\n")
+                          f"'{tmp_path / 'data.npz'}', x='x', y='y'): x has {lengths['x']} "
+                          f"samples but y has {lengths['y']}\n")
 
 
 @pytest.mark.timeout(60)
