@@ -157,25 +157,18 @@ def test_an_exception_on_one_rank_ends_the_job(tmp_path, where):
 
 
 @pytest.mark.timeout(60)
-def test_ranks_with_other_data_refuse_in_one_line(tmp_path):
-    result = run(tmp_path, 2, "train.py", "allreduce", str(tmp_path),
-                 env={"MPINN_TEST_OTHER_DATA": "1"}, timeout=45)
+@pytest.mark.parametrize("variable, message", [
+    ("MPINN_TEST_OTHER_DATA", "rank 1 has other data than rank 0: x is [1617, 64] float32 "),
+    ("MPINN_TEST_OTHER_BATCH", "rank 1 has other arguments than rank 0: batch_size is 32 on "
+                               "rank 1 but 64 on rank 0 (every rank must call fit alike, with "
+                               "the same arrays and the same model)")])
+def test_ranks_calling_fit_otherwise_refuse_in_one_line(tmp_path, variable, message):
+    result = run(tmp_path, 2, "train.py", "allreduce", str(tmp_path), env={variable: "1"},
+                 timeout=45)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if "mpinn: error: fit:" in line]
     assert len(lines) == 1, result.stderr  # rank 0 alone says it
-    assert "fit: rank 1 has other data than rank 0: x is [1617, 64] float32 " in lines[0]
-
-
-@pytest.mark.timeout(60)
-def test_ranks_calling_fit_with_other_arguments_refuse_in_one_line(tmp_path):
-    result = run(tmp_path, 2, "train.py", "allreduce", str(tmp_path),
-                 env={"MPINN_TEST_OTHER_BATCH": "1"}, timeout=45)
-    assert result.returncode == 2
-    lines = [line for line in result.stderr.splitlines() if "mpinn: error: fit:" in line]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].endswith("fit: rank 1 has other arguments than rank 0: batch_size is 32 "
-                             "on rank 1 but 64 on rank 0 (every rank must call fit alike, "
-                             "with the same arrays and the same model)")
+    assert f"mpinn: error: fit: {message}" in lines[0]
 
 
 @pytest.mark.timeout(120)
