@@ -22,12 +22,14 @@ LOCK_NAME = ".mpinn.lock"
 
 def _process_start(pid: int) -> "str | None":
     """The start time of process `pid` in clock ticks since boot (Linux), to tell a live
-    holder from a new process that reuses its pid; None where it cannot be read."""
+    holder from a new process that reuses its pid; None where it cannot be read or the
+    process has ended (a zombie not yet reaped)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] in ("Z", "X") else fields[19]  # a zombie has ended
 
 
 def process_running(pid: int, start: "str | None" = None) -> bool:

@@ -3,14 +3,18 @@ whatever its metrics log holds, and moved aside into earlier/<run id>/ without
 overwriting anything; metrics lines name their run."""
 
 import json
+import os
 import re
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
 import mpinn
 from mpinn import Dense, Sequential, checkpoint
 from mpinn.callbacks import MetricsLog
-from mpinn.rundir import LOCK_NAME
+from mpinn.rundir import LOCK_NAME, process_running
 from mpinn.runs import earlier_run, move_aside, new_run_id
 
 RUN = "20261201-051000-3fa2"
@@ -172,3 +176,15 @@ def test_metrics_lines_carry_the_time_and_the_run(tmp_path):
     assert with_id["run"] == RUN and "run" not in without
     assert with_id["loss"] is None and with_id["world_size"] == 2
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", with_id["time"])
+
+
+def test_a_process_that_has_ended_but_is_not_yet_reaped_is_not_running():
+    """A lock's holder killed with its job may linger as a zombie for a moment."""
+    child = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert not process_running(child.pid)
+    child.wait()
+    assert process_running(os.getpid())

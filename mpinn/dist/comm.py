@@ -3,6 +3,7 @@ library loads, and a world of one (LocalComm) where none does, so that one proce
 trains without MPI installed or working. Every wait on another rank goes through
 `MPIComm._wait`, which a Watchdog watches (see watchdog.py)."""
 
+import atexit
 import contextlib
 import functools
 import os
@@ -134,6 +135,7 @@ class MPIComm(Comm):
         gpu_aware_setting()  # a bad one ends every rank before any collective
         self.watchdog = Watchdog(mpi, self.comm.Dup(), self.abort)
         self.watched = True
+        atexit.register(self.watchdog.close)  # runs before mpi4py's MPI_Finalize
 
     def watch(self, warn_seconds, abort_seconds, stop_signal=None):
         self.watched = bool(warn_seconds or abort_seconds)

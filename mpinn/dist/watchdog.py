@@ -93,7 +93,11 @@ class Watchdog:
         self.heard: dict[int, tuple] = {}  # rank -> (when, state, what it said)
         self._next_beat = 0.0
         self._sending: list = []  # (request, message) until sent
-        self._probe = mpi.Status()
+        # a receive always posted for each other rank's status messages: none of them is
+        # left unexpected at the end (MPI libraries warn of those; UCX across nodes does)
+        self._peers = [rank for rank in range(self.size) if rank != self.rank]
+        self._inbox = np.zeros((self.size, 4), np.int64)
+        self._receiving = [self._receive(rank) for rank in self._peers]
 
     def configure(self, warn_seconds: float, abort_seconds: float, stop_signal) -> None:
         self.warn_seconds, self.abort_seconds = warn_seconds, abort_seconds
@@ -188,17 +192,36 @@ class Watchdog:
                           for rank in range(self.size) if rank != self.rank]
         return True
 
+    def _receive(self, source: int):
+        return self.monitor.Irecv(self._inbox[source], source=source, tag=STATUS_TAG)
+
     def collect(self) -> None:
         """Read the status messages that have arrived (cheap when there are none)."""
-        message = np.zeros(4, np.int64)
-        while self.monitor.Iprobe(self.MPI.ANY_SOURCE, STATUS_TAG, self._probe):
-            source = self._probe.Get_source()
-            self.monitor.Recv(message, source=source, tag=STATUS_TAG)
-            state, operation, epoch, step = (int(value) for value in message)
-            place = (where_text((epoch, step)) if step >= 0 else
-                     f"epoch {epoch + 1}" if epoch >= 0 else "setup")
-            said = f"{OPERATIONS[operation]} at {place}" if state == WAITING else place
-            self.heard[source] = (time.perf_counter(), state, said)
+        while self._receiving:
+            arrived = self.MPI.Request.Testsome(self._receiving)
+            if not arrived:
+                return
+            for index in arrived:
+                source = self._peers[index]
+                state, operation, epoch, step = (int(value) for value in self._inbox[source])
+                place = (where_text((epoch, step)) if step >= 0 else
+                         f"epoch {epoch + 1}" if epoch >= 0 else "setup")
+                said = f"{OPERATIONS[operation]} at {place}" if state == WAITING else place
+                self.heard[source] = (time.perf_counter(), state, said)
+                self._receiving[index] = self._receive(source)
+
+    def close(self) -> None:
+        """Before MPI finalizes: read what arrived, withdraw the posted receives and let
+        this rank's own messages go out."""
+        if self.MPI.Is_finalized():
+            return
+        self.collect()
+        for request in self._receiving:
+            request.Cancel()
+        self.MPI.Request.Waitall(self._receiving)
+        self._receiving = []
+        self.MPI.Request.Waitall([request for request, _ in self._sending])
+        self._sending = []
 
     def _silent(self, rank: int, now: float) -> bool:
         """Not waiting, and not heard from for two beats."""

@@ -1,0 +1,111 @@
+"""`mpinn` across two emulated nodes (2 nodes x 2 ranks), with MPICH and with Open MPI:
+each rank knows its host and its place on its node, the trained model equals the one 4
+ranks train on one node, rank 0 alone writes, and a rank killed on the second node ends
+the job, which then resumes."""
+
+import os
+import re
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from mpinn import checkpoint
+
+from .conftest import MPINN
+
+TRAIN = [MPINN, "train", "-q", "--set", "training.epochs=3"]
+
+
+def final(directory) -> dict:
+    return checkpoint.read(directory / "final.h5").params
+
+
+@pytest.mark.timeout(120)
+def test_every_rank_knows_its_host_and_its_place_on_its_node(cluster, across):
+    shown = across([2, 2], MPINN, "info", env={"OPENBLAS_NUM_THREADS": None}).finish()
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    header = next(index for index, line in enumerate(lines) if line.startswith("rank  host"))
+    rows = [line.split() for line in lines[header + 1:]]
+    assert [row[:4] for row in rows] == [
+        [str(rank), cluster.nodes[rank // 2], str(rank % 2), "host"] for rank in range(4)]
+    assert all(" ".join(row[4:]).endswith("cores / 2 ranks on this node)") for row in rows), (
+        shown.stdout)
+    assert "; 4 rank(s)" in shown.stdout and shown.stdout.count("mpinn 0.") == 1
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("strategy", ["allreduce", "ps"])
+def test_two_nodes_train_the_model_of_one_node(tmp_path, across, strategy):
+    """The same 4 ranks on 2 nodes and on 1: the gradients are summed in another order
+    (MPICH picks its Allreduce algorithm by topology), so float32 rounding may differ."""
+    options = ["--set", f"strategy.name={strategy}"] + (
+        ["--set", "strategy.mode=sync"] if strategy == "ps" else [])
+    for per_node, name in (([2, 2], "two"), ([4], "one")):
+        done = across(per_node, *TRAIN, *options, "--set", f"run.directory='{name}'").finish()
+        assert done.returncode == 0, done.stderr
+    one, two = final(tmp_path / "one"), final(tmp_path / "two")
+    for key, value in one.items():
+        np.testing.assert_allclose(two[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.timeout(120)
+def test_rank_0_alone_writes(cluster, across):
+    """The run directory is node-local: whatever a rank writes lands on its own node."""
+    run = f"{cluster.here}/alone-{os.getpid()}-{time.monotonic_ns()}"
+    done = across([2, 2], *TRAIN, "--set", f"run.directory='{run}'").finish()
+    assert done.returncode == 0, done.stderr
+    name = run.rsplit("/", 1)[1]
+    written = {node: sorted(path.name for path in (cluster.local(node) / name).glob("*"))
+               if (cluster.local(node) / name).exists() else [] for node in cluster.nodes}
+    assert written[cluster.nodes[1]] == []
+    assert {"final.h5", "metrics.jsonl"} <= set(written[cluster.nodes[0]])
+
+
+@pytest.mark.timeout(240)
+def test_a_rank_killed_on_the_second_node_ends_the_job_which_then_resumes(cluster, across,
+                                                                         tmp_path):
+    arguments = [MPINN, "train", "-q", "--set", "training.epochs=200", "--set",
+                 "run.directory='run'", "--resume", "auto"]
+    job = across([2, 2], *arguments)
+    deadline = time.monotonic() + 90
+    while not checkpoint.list_checkpoints(tmp_path / "run"):
+        assert job.process.poll() is None, job.finish().stderr
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.1)
+    victim = rank_pid(cluster, cluster.nodes[1], rank=3)
+    os.kill(victim, signal.SIGKILL)
+    killed = time.monotonic()
+    job.finish(timeout=60)
+    assert job.returncode != 0
+    assert time.monotonic() - killed < 30
+    assert not [pid for node in cluster.nodes for pid in mpinn_pids(cluster, node)]
+    resumed = across([2, 2], MPINN, "train", "-q", "--set", "training.epochs=3", "--set",
+                     "run.directory='run'", "--resume", "auto").finish()
+    assert resumed.returncode == 0, resumed.stderr
+    assert checkpoint.read(tmp_path / "run" / "final.h5").data["epoch"] == 3
+
+
+def mpinn_pids(cluster, node) -> list[int]:
+    """The mpinn processes running on `node`."""
+    listed = cluster.run(node, ["ip", "netns", "pids", node], capture_output=True,
+                         text=True).stdout.split()
+    return [int(pid) for pid in listed if _is_mpinn(pid)]
+
+
+def rank_pid(cluster, node, rank: int) -> int:
+    for pid in mpinn_pids(cluster, node):
+        environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        if {f"PMI_RANK={rank}".encode(), f"OMPI_COMM_WORLD_RANK={rank}".encode()} & set(environ):
+            return pid
+    raise AssertionError(f"no rank {rank} on {node}")
+
+
+def _is_mpinn(pid: str) -> bool:
+    try:
+        command = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+    except OSError:
+        return False
+    return any(re.search(rb"bin/mpinn$", part) for part in command)
