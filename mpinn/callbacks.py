@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -122,7 +123,9 @@ class ProgressLogger(_EpochClock):
         self.epochs, self.batch_size = epochs, batch_size
         self.steps = steps or -(-samples // batch_size)
         self.stream = stream or sys.stdout
-        self.live = mode == "bar" or (mode == "auto" and self.stream.isatty())
+        # Open MPI hands every rank a terminal, whatever mpirun's own output is
+        forwarded = "OMPI_COMM_WORLD_SIZE" in os.environ
+        self.live = mode == "bar" or (mode == "auto" and self.stream.isatty() and not forwarded)
 
     redraw_seconds = 0.1  # a fast model must not flood the terminal
 

@@ -1,5 +1,7 @@
 """Sequential's Keras-style API, its flat parameter buffer, and training results."""
 
+import io
+
 import numpy as np
 import pytest
 
@@ -202,3 +204,17 @@ def test_verbose_modes_print_progress(capsys):
     assert len(lines) == 2 and lines[1].startswith("Epoch 2/2") and "accuracy" in lines[1]
     model.fit(x, y, epochs=1, verbose=0)
     assert capsys.readouterr().out == ""
+
+
+def test_auto_progress_is_live_on_a_terminal_but_not_under_open_mpi(monkeypatch):
+    from mpinn.callbacks import ProgressLogger
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.delenv("OMPI_COMM_WORLD_SIZE", raising=False)
+    assert ProgressLogger("auto", 1, 10, 5, stream=Terminal()).live
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")  # Open MPI gives every rank a terminal
+    assert not ProgressLogger("auto", 1, 10, 5, stream=Terminal()).live
+    assert ProgressLogger("bar", 1, 10, 5, stream=Terminal()).live
