@@ -22,7 +22,7 @@ def command_lines():
     """(doc, line) for each `mpinn ...` command in the docs' shell blocks."""
     for path in DOCS:
         for body in blocks(path, "sh"):
-            for line in body.splitlines():
+            for line in body.replace("\\\n", " ").splitlines():
                 words = shlex.split(line.split(" #")[0], comments=True)
                 if "mpinn" in words:
                     yield path.name, words[words.index("mpinn") + 1:]
