@@ -201,9 +201,15 @@ class MPIComm(Comm):
         self._wait(self.comm.Isend(buffer, dest=dest, tag=tag), "send")
 
     def recv(self, buffer, source=-1, tag=-1):
-        source = self.MPI.ANY_SOURCE if source == -1 else source
         tag = self.MPI.ANY_TAG if tag == -1 else tag
-        self._wait(self.comm.Irecv(buffer, source=source, tag=tag), "receive", self.status)
+        if source == -1:
+            # a matched probe, then a receive of what it found: with MPICH 5.0.2's UCX
+            # netmod on TCP, an MPI_ANY_SOURCE receive never completed once two ranks sent
+            probe = _AnySource(self.comm, self.MPI.ANY_SOURCE, tag)
+            self._wait(probe, "receive", self.status)
+            self._wait(probe.message.Irecv(buffer), "receive")
+        else:
+            self._wait(self.comm.Irecv(buffer, source=source, tag=tag), "receive", self.status)
         return self.status.Get_source()
 
     def _end_job(self, code):
@@ -212,6 +218,24 @@ class MPIComm(Comm):
         time.sleep(OUTPUT_SECONDS)  # the launcher forwards what was printed before it kills
         self.MPI.COMM_WORLD.Abort(code)
         os._exit(code)  # MPI_Abort may return once it has told the launcher
+
+
+class _AnySource:
+    """A matched probe for a message from any rank, waited on as a request is."""
+
+    def __init__(self, comm, any_source, tag):
+        self.comm, self.any_source, self.tag, self.message = comm, any_source, tag, None
+
+    def Test(self, status=None) -> bool:  # noqa: N802 - mpi4py's names: _wait calls them
+        if self.message is None:
+            self.message = self.comm.Improbe(source=self.any_source, tag=self.tag,
+                                             status=status)
+        return self.message is not None
+
+    def Wait(self, status=None) -> None:  # noqa: N802
+        if self.message is None:
+            self.message = self.comm.Mprobe(source=self.any_source, tag=self.tag,
+                                            status=status)
 
 
 def gpu_aware_setting() -> "str | None":

@@ -13,6 +13,7 @@ import pytest
 from emulated_nodes import Cluster, unavailable
 
 from .launchers import mpich_command, mpich_unavailable, openmpi_command, openmpi_unavailable
+from .slurm import slurm_nodes  # noqa: F401 - the session's two-node Slurm (over `cluster`)
 
 MPINN = str(Path(sys.executable).parent / "mpinn")
 LAUNCHERS = {"mpich": (mpich_command, mpich_unavailable),
