@@ -83,6 +83,13 @@ class Backend:
         """Wait until queued device work is done (before MPI reads device memory)."""
         raise NotImplementedError
 
+    def optimizer_kernel(self, chain: tuple[str, ...]):
+        """A fused optimizer step for `chain` (the kernel names of an optimizer's
+        transforms, e.g. ("adam",); see mpinn/optim/base.py), called with the parameters,
+        the gradient, the transforms' buffers and scalars, the step and the decay; None:
+        the optimizer runs its chain of array operations."""
+        return None
+
     def memory_available(self) -> "int | None":
         """Bytes this process's arrays could still take (None when unknown), so that a
         model too large for the machine is refused before anything is allocated."""

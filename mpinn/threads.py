@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from .errors import ConfigError, positive_int
 
@@ -74,10 +74,25 @@ def plan(local_ranks: int, setting: int = 0, environ=os.environ,
                                "this node")
 
 
+_applied: "int | None" = None  # the threads `apply` last set, or `budget` found
+
+
 def apply(plan: ThreadPlan) -> None:
-    """Limit every BLAS and OpenMP pool loaded in this process to `plan.threads`, for good."""
+    """Limit every BLAS and OpenMP pool loaded in this process to `plan.threads`, for good;
+    mpinn's own threaded work (the fused optimizer step) follows it (see `budget`)."""
+    global _applied
     if plan.threads is not None:
         threadpool_limits(limits=plan.threads)
+        _applied = plan.threads
+
+
+def budget() -> int:
+    """The threads this process computes with: what `apply` set, else the most its BLAS
+    pools use as they are (the environment's setting, or one per core)."""
+    global _applied
+    if _applied is None:  # read once: threadpoolctl takes milliseconds
+        _applied = max((pool["num_threads"] for pool in threadpool_info()), default=1)
+    return _applied
 
 
 def fit_to_node(local_ranks: int, setting: int = 0) -> ThreadPlan:

@@ -1,10 +1,13 @@
 """Optimizer steps against their published update rules, written here in plain NumPy.
 
 mpinn's optimizers run on a FlatParameters buffer; each reference below runs the textbook
-formula on its own float64 arrays, and the two are compared after every step.
+formula on its own float64 arrays, and the two are compared after every step. Both ways of
+stepping are checked: the fused kernel (where the backend has one) and the chain of array
+operations, which must also agree bit for bit in float32.
 """
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -35,13 +38,18 @@ def gradient_sequence(seed=1, scales=(1.0, 0.3, 2.5, 0.05, 1.2)):
     return [scale * rng.normal(size=SIZE) for scale in scales]
 
 
-def run_mpinn(optimizer, params, grads):
+@pytest.fixture(params=["fused", "chain"])
+def fused(request) -> bool:
+    return request.param == "fused"
+
+
+def run_mpinn(optimizer, params, grads, fused=None, lr_scale=1.0):
     """Positions after each step, feeding each gradient through params.grad."""
-    optimizer.build(params)
+    optimizer.build(params, fused=fused)
     history = []
     for g in grads:
         params.grad[...] = params.backend.asarray(g)
-        optimizer.apply(params)
+        optimizer.apply(params, lr_scale=lr_scale)
         history.append(host(params))
     return history
 
@@ -133,11 +141,11 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_updates_match_published_formula(case, backend):
+def test_updates_match_published_formula(case, backend, fused):
     make_optimizer, reference = CASES[case]
     params = make_params(backend=backend)
     p0, grads = host(params), gradient_sequence()
-    got = run_mpinn(make_optimizer(), params, [g.copy() for g in grads])
+    got = run_mpinn(make_optimizer(), params, [g.copy() for g in grads], fused)
     expected, _ = reference(p0, grads)
     assert_trajectories_equal(got, expected)
     assert not np.allclose(got[-1], p0)  # something moved
@@ -196,7 +204,7 @@ CLIP_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CLIP_CASES))
-def test_global_clipnorm_clips_gradient_before_the_update(case, backend):
+def test_global_clipnorm_clips_gradient_before_the_update(case, backend, fused):
     max_norm = 2.0
     grads = gradient_sequence()
     norms = [np.linalg.norm(g) for g in grads]
@@ -204,7 +212,7 @@ def test_global_clipnorm_clips_gradient_before_the_update(case, backend):
     make_optimizer, reference = CLIP_CASES[case]
     params = make_params(backend=backend)
     p0 = host(params)
-    got = run_mpinn(make_optimizer(max_norm), params, [g.copy() for g in grads])
+    got = run_mpinn(make_optimizer(max_norm), params, [g.copy() for g in grads], fused)
     clipped = [clip(g, max_norm) for g in grads]
     expected, _ = reference(p0, clipped)
     assert_trajectories_equal(got, expected)
@@ -219,6 +227,93 @@ def test_global_clipnorm_leaves_small_gradients_alone():
     p0 = params.data.copy()
     got = run_mpinn(mpinn.SGD(0.1, global_clipnorm=100.0), params, [g.copy() for g in grads])
     assert_trajectories_equal(got, ref_sgd(p0, grads, 0.1)[0])
+
+
+# ----------------------------------------------------------------------- fused steps
+FUSED_CASES = {**CASES, **{f"{name}_clipped": (lambda make=make: make(2.0), reference)
+                           for name, (make, reference) in CLIP_CASES.items()},
+               "sgd_weight_decay": (lambda: mpinn.SGD(0.1, weight_decay=0.05), None),
+               "rmsprop_momentum_clipped_decayed": (
+                   lambda: mpinn.RMSprop(0.01, momentum=0.5, global_clipnorm=1.0,
+                                         weight_decay=0.01), None),
+               "adam_schedule": (lambda: mpinn.Adam(mpinn.schedules.ExponentialDecay(
+                   0.1, decay_steps=2, decay_rate=0.5)), None)}
+
+
+@pytest.mark.parametrize("case", sorted(FUSED_CASES))
+def test_the_fused_step_is_the_chain_bit_for_bit(case):
+    """float32, a staleness-scaled rate: the NumPy backend's kernel against the chain."""
+    make_optimizer = FUSED_CASES[case][0]
+    grads = [g.astype(np.float32) for g in gradient_sequence()]
+    trajectories = []
+    for fused in (True, False):
+        params = FlatParameters(SHAPES, np.float32, mpinn.get_backend("numpy"))
+        params.data[...] = np.random.default_rng(0).normal(size=params.size)
+        optimizer = make_optimizer()
+        trajectories.append(run_mpinn(optimizer, params, grads, fused, lr_scale=0.5))
+        assert (optimizer.kernel is not None) == fused
+        state = optimizer.state()
+    for step, (a, b) in enumerate(zip(*trajectories, strict=True)):
+        np.testing.assert_array_equal(a, b, err_msg=f"after step {step + 1}")
+    assert not np.array_equal(trajectories[0][-1], trajectories[0][0])
+    assert all(buffer.dtype == np.float32 for buffer in state.values())
+
+
+@pytest.mark.parametrize("inputs, fused", [(4, False), (512, True)])
+def test_a_model_from_fused_from_parameters_on_is_fused(inputs, fused):
+    """Below FUSED_FROM parameters the kernels would not repay their loading time."""
+    model = mpinn.Sequential([mpinn.Dense(512, input_dim=inputs)], seed=0)
+    model.compile("adam", "mse")
+    model.train_on_batch(np.ones((2, inputs)), np.ones((2, 512)))
+    assert (model.params.size >= mpinn.optim.base.FUSED_FROM) == fused
+    assert (model.optimizer.kernel is not None) == fused
+
+
+def test_a_chain_without_a_kernel_runs_as_a_chain():
+    """A transform of the user's own has no fused form: the optimizer runs its chain."""
+
+    class Halve(mpinn.optim.Transform):
+        def update(self, updates, params, step, scale):
+            return scale / 2
+
+    optimizer = mpinn.optim.Optimizer([Halve()], learning_rate=0.1)
+    params = make_params()
+    p0 = host(params)
+    run_mpinn(optimizer, params, [np.ones(SIZE)])
+    assert optimizer.kernel is None
+    np.testing.assert_allclose(host(params), p0 - 0.05)
+
+
+def test_the_fused_step_gives_the_same_bits_on_one_thread_and_two(monkeypatch):
+    from mpinn import threads
+
+    results = []
+    for count in (1, 2):
+        monkeypatch.setattr(threads, "_applied", count)
+        params = FlatParameters({"w": (100_003,)}, np.float32, mpinn.get_backend("numpy"))
+        params.data[...] = np.random.default_rng(0).normal(size=params.size)
+        grads = [np.random.default_rng(seed).normal(size=params.size) for seed in (1, 2)]
+        results.append(run_mpinn(mpinn.Adam(0.01), params, grads, fused=True)[-1])
+    np.testing.assert_array_equal(*results)
+
+
+def test_without_numba_the_optimizer_runs_its_chain(tmp_path):
+    """Where numba does not import, training works and `mpinn info` says steps are
+    unfused, and how to fuse them."""
+    import subprocess
+    import sys
+
+    (tmp_path / "numba.py").write_text("raise ImportError('no numba here')\n")
+    script = ("import mpinn, numpy as np\n"
+              "m = mpinn.Sequential([mpinn.Dense(3, input_dim=4)], seed=0)\n"
+              "m.compile('adam', 'mse'); m.build(); m.optimizer.build(m.params, fused=True)\n"
+              "m.fit(np.ones((8, 4)), np.ones((8, 3)), verbose=0)\n"
+              "assert m.optimizer.kernel is None and m.optimizer.iterations == 1\n"
+              "print(mpinn.get_backend('numpy').describe())\n")
+    found = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=60)
+    assert found.returncode == 0, found.stderr
+    assert "optimizer steps unfused (no numba here; pip install numba fuses them)" in found.stdout
 
 
 # -------------------------------------------------------------------------- schedules

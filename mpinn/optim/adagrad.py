@@ -7,7 +7,7 @@ from .base import Optimizer, Transform, materialized
 
 
 class ScaleByAdagrad(Transform):
-    name = "adagrad"
+    name = kernel_name = "adagrad"
     slots = ("accumulator",)
 
     def __init__(self, initial_accumulator_value: float, epsilon: float):
@@ -27,6 +27,9 @@ class ScaleByAdagrad(Transform):
         s += self.epsilon
         updates /= s
         return 1.0
+
+    def fused(self, step, scale):
+        return (self.accumulator,), (scale, self.epsilon), 1.0
 
 
 class Adagrad(Optimizer):

@@ -18,7 +18,7 @@ from .base import Optimizer, Transform, materialized
 
 
 class ScaleByAdam(Transform):
-    name = "adam"
+    name = kernel_name = "adam"
     slots = ("grad_sum", "grad_sq_sum")
 
     def __init__(self, beta_1: float, beta_2: float, epsilon: float):
@@ -30,18 +30,28 @@ class ScaleByAdam(Transform):
 
     def update(self, updates, params, step, scale):
         materialized(updates, scale)
-        b1, b2, s = self.beta_1, self.beta_2, self._scratch
-        t = step + 1
-        self.grad_sum *= b1
+        s = self._scratch
+        self.grad_sum *= self.beta_1
         self.grad_sum += updates
         np.multiply(updates, updates, out=s)
-        self.grad_sq_sum *= b2
+        self.grad_sq_sum *= self.beta_2
         self.grad_sq_sum += s
-        a = math.sqrt((1 - b2) / (1 - b2**t))
+        epsilon, new_scale = self._folded(step)
         np.sqrt(self.grad_sq_sum, out=s)
-        s += self.epsilon / a
+        s += epsilon
         np.divide(self.grad_sum, s, out=updates)
-        return (1 - b1) / ((1 - b1**t) * a)
+        return new_scale
+
+    def fused(self, step, scale):
+        epsilon, new_scale = self._folded(step)
+        return ((self.grad_sum, self.grad_sq_sum), (scale, self.beta_1, self.beta_2, epsilon),
+                new_scale)
+
+    def _folded(self, step: int) -> tuple[float, float]:
+        """epsilon / a and k of the module's doc, at `step` (from 0)."""
+        b1, b2, t = self.beta_1, self.beta_2, step + 1
+        a = math.sqrt((1 - b2) / (1 - b2**t))
+        return self.epsilon / a, (1 - b1) / ((1 - b1**t) * a)
 
 
 class Adam(Optimizer):

@@ -16,7 +16,7 @@ from .sgd import Momentum
 
 
 class ScaleByRms(Transform):
-    name = "rmsprop"
+    name = kernel_name = "rmsprop"
     slots = ("grad_sq_sum",)
 
     def __init__(self, rho: float, epsilon: float):
@@ -37,6 +37,10 @@ class ScaleByRms(Transform):
         s += self.epsilon / c
         updates /= s
         return 1 / c
+
+    def fused(self, step, scale):
+        c = math.sqrt(1 - self.rho)
+        return (self.grad_sq_sum,), (scale, self.rho, self.epsilon / c), 1 / c
 
 
 class RMSprop(Optimizer):

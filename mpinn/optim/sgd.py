@@ -14,6 +14,7 @@ class Momentum(Transform):
     def __init__(self, momentum: float, nesterov: bool = False):
         self.momentum = momentum
         self.nesterov = nesterov
+        self.kernel_name = "nesterov" if nesterov else "momentum"
 
     def update(self, updates, params, step, scale):
         materialized(updates, scale)
@@ -24,6 +25,9 @@ class Momentum(Transform):
         else:
             np.copyto(updates, self.trace)
         return 1.0
+
+    def fused(self, step, scale):
+        return (self.trace,), (scale, self.momentum), 1.0
 
 
 class SGD(Optimizer):

@@ -1,4 +1,5 @@
-"""The NumPy backend: host memory, BLAS through NumPy. mpinn's default backend."""
+"""The NumPy backend: host memory, BLAS through NumPy, optimizer steps fused by numba
+(kernels.py) where numba imports. mpinn's default backend."""
 
 import numpy as np
 
@@ -31,6 +32,20 @@ class NumpyBackend(Backend):
 
     def synchronize(self) -> None:
         pass
+
+    def optimizer_kernel(self, chain):
+        try:
+            from . import kernels
+        except ImportError:
+            return None
+        return kernels.kernel(chain)
+
+    def describe(self) -> str:
+        try:
+            from . import kernels
+        except ImportError as error:
+            return f"optimizer steps unfused ({error}; pip install numba fuses them)"
+        return f"optimizer steps fused by {kernels.describe()}"
 
     def memory_available(self):
         return host_memory_available()
