@@ -1,10 +1,20 @@
-"""Parameter-server throughput: updates the server applies per second and how busy the
-workers are, for 1..K workers, next to a raw Send/Recv round trip of the same bytes, and
-where rank 0 saturates. See benchmarks/README.md.
+"""The parameter server: its capacity, the workers' step time and where the server
+saturates; and, on real training, worker utilisation and the cost of `sync` against one
+process. See benchmarks/README.md.
 
-    python benchmarks/bench_ps.py [--workers 1,2,3] [--mode async] [--repeats N]
+    python benchmarks/bench_ps.py [--repeats N] [--workers 1,2] [--workloads W1,W2]
 
 The driver launches `mpiexec -n (workers + 1)` (1 BLAS thread per rank); rank 0 reports.
+1. Capacity: synthetic pushers (workers that push a stored gradient and compute nothing,
+   so the server is never idle for want of pushes) against the real server; updates/s per
+   server rank, split into receiving, the optimizer step and replying.
+2. A worker's step time (forward and backward) at several batch sizes, and the model:
+   a worker offers one update per step time, so the server saturates at
+   capacity x step time workers.
+3. Real training, one epoch per round, modes in turn (A B C D, D C B A, ...): async in lock
+   step (staleness 0), async overlapped (no bound), sync, and one process alone (the
+   other ranks wait) for the same global batch. Worker utilisation is the share of a
+   worker's epoch outside the strategy's push/pull.
 """
 
 import argparse
@@ -23,10 +33,11 @@ sys.path.insert(0, str(HERE))
 from bench_allreduce import launch_workers  # noqa: E402
 from bench_engine import WORKLOADS, blas_description, make_data, mpinn_model  # noqa: E402
 
-ROUND_TRIPS = 30
+BATCHES = (32, 128, 512)  # per-worker batch sizes of the saturation table
+PUSH_SECONDS = 1.5  # the synthetic pushers' time per round, about
 
 
-def timed_strategy(base):
+def timed(base):
     """The ps strategy, with each worker's time inside push/pull recorded."""
 
     class Timed(base):
@@ -40,108 +51,171 @@ def timed_strategy(base):
     return Timed
 
 
-def round_trip_seconds(comm, buffer) -> float:
-    """Median time of rank 1 sending `buffer` to rank 0 and getting as many bytes back."""
-    samples = []
-    for _ in range(ROUND_TRIPS):
+def capacity(comm, model, strategy_class, make_comm, rounds: int) -> dict:
+    """Updates/s of the server against synthetic pushers, and its time split."""
+    strategy = strategy_class(make_comm(), mode="async")
+    strategy.setup(model)
+    model.params.grad[...] = np.random.default_rng(comm.Get_rank()).normal(
+        scale=1e-3, size=model.params.size)
+    # one warm-up round of 10 pushes each, which also times a push for the round's size
+    results = {"rates": [], "seconds": []}
+    pushes = 10
+    for round_ in range(rounds + 1):
         comm.Barrier()
+        before = dict(strategy.seconds)
         started = time.perf_counter()
-        if comm.Get_rank() == 1:
-            comm.Send(buffer, dest=0, tag=7)
-            comm.Recv(buffer, source=0, tag=8)
-        elif comm.Get_rank() == 0:
-            comm.Recv(buffer, source=1, tag=7)
-            comm.Send(buffer, dest=1, tag=8)
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
+        if strategy.serves:
+            strategy.serve_epoch(model, pushes, [])
+        else:
+            for _ in range(pushes):
+                strategy.apply_gradients(model, 1, 1)
+        strategy.end_epoch(model)
+        elapsed = np.array([time.perf_counter() - started])
+        comm.Bcast(elapsed, root=0)
+        if round_:
+            updates = pushes * strategy.workers
+            results["rates"].append(updates / elapsed[0])
+            results["seconds"].append({part: (strategy.seconds[part] - before.get(part, 0.0))
+                                       / updates for part in ("receive", "optimizer", "reply")})
+        pushes = max(10, int(pushes * PUSH_SECONDS / elapsed[0]))
+    split = {part: statistics.median(s[part] for s in results["seconds"])
+             for part in ("receive", "optimizer", "reply")}
+    return {"updates_per_second": statistics.median(results["rates"]), "seconds": split}
 
 
-def apply_seconds(model) -> float:
-    """Median time of one optimizer step on the server (Adam over the flat buffer)."""
-    samples = []
-    for _ in range(ROUND_TRIPS):
-        model.params.grad[...] = 1e-3
-        started = time.perf_counter()
-        model.optimizer.apply(model.params)
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
+def step_seconds(comm, model, repeats: int) -> dict:
+    """Median forward + backward time of one batch on rank 1, per batch size."""
+    found = {}
+    for batch in BATCHES:
+        x, y = make_data(batch, seed=batch)
+        samples = []
+        for _ in range(repeats + 1):
+            comm.Barrier()
+            if comm.Get_rank() == 1:
+                started = time.perf_counter()
+                model.compute_gradients(x, y)
+                samples.append(time.perf_counter() - started)
+        found[batch] = statistics.median(samples[1:]) if samples else 0.0
+    value = np.array([found[batch] for batch in BATCHES])
+    comm.Bcast(value, root=1)
+    return dict(zip(BATCHES, value.tolist(), strict=True))
 
 
-def worker(mode: str, repeats: int, names: list[str]) -> None:
+def training(comm, name: str, strategy_class, make_comm, repeats: int) -> dict:
+    """Epoch seconds and worker utilisation per mode, in alternating order."""
+    from mpi4py import MPI
+
+    from mpinn.dist import LocalStrategy
+
+    hidden, batch, samples = WORKLOADS[name]
+    x, y = make_data(samples)
+    rank, workers = comm.Get_rank(), comm.Get_size() - 1
+    modes = {"async lock step": {"mode": "async", "staleness": 0},
+             "async overlapped": {"mode": "async"}, "sync": {"mode": "sync"}}
+    strategies = {mode: timed(strategy_class)(make_comm(), **options)
+                  for mode, options in modes.items()}
+    models = {mode: mpinn_model((784, *hidden, 10)) for mode in [*modes, "one process"]}
+    seconds = {mode: [] for mode in models}
+    utilisation = {mode: [] for mode in modes}
+    for round_ in range(repeats + 1):
+        order = list(models) if round_ % 2 == 0 else list(reversed(models))
+        for mode in order:
+            strategy = strategies.get(mode)
+            comm.Barrier()
+            started = time.perf_counter()
+            if strategy is not None:
+                strategy.waiting = 0.0
+                models[mode].fit(x, y, batch_size=batch, epochs=1, verbose=0,
+                                 strategy=strategy)
+            elif rank == 1:
+                models[mode].fit(x, y, batch_size=batch, epochs=1, verbose=0,
+                                 strategy=LocalStrategy())
+            comm.Barrier()
+            elapsed = time.perf_counter() - started
+            if round_ == 0:
+                continue  # warm-up
+            seconds[mode].append(elapsed)
+            if strategy is not None:
+                share = np.array([0.0 if rank == 0 else 1 - strategy.waiting / elapsed])
+                comm.Allreduce(MPI.IN_PLACE, share)
+                utilisation[mode].append(share[0] / workers)
+    return {"epoch_seconds": {mode: statistics.median(s) for mode, s in seconds.items()},
+            "utilisation": {mode: statistics.median(u) for mode, u in utilisation.items()}}
+
+
+def worker(repeats: int, names: list[str]) -> None:
     from mpi4py import MPI
     from mpinn_strategies.ps import ParameterServerStrategy
 
     from mpinn.dist.comm import MPIComm
 
     comm = MPI.COMM_WORLD
-    rank, workers = comm.Get_rank(), comm.Get_size() - 1
     results = {}
     for name in names:
-        hidden, batch, samples = WORKLOADS[name]
-        x, y = make_data(samples)
+        hidden, batch, _ = WORKLOADS[name]
         model = mpinn_model((784, *hidden, 10))
-        strategy = timed_strategy(ParameterServerStrategy)(MPIComm(MPI), mode=mode)
-        model.fit(x, y, batch_size=batch, epochs=1, verbose=0, strategy=strategy)  # warm-up
-        rates, utilisation = [], []
-        for _ in range(repeats):
-            before = strategy.version
-            strategy.waiting = strategy.serving_seconds = strategy.busy_seconds = 0.0
-            comm.Barrier()
-            started = time.perf_counter()
-            model.fit(x, y, batch_size=batch, epochs=1, verbose=0, strategy=strategy)
-            elapsed = time.perf_counter() - started
-            rates.append((strategy.version - before) / strategy.serving_seconds if rank == 0
-                         else 0.0)
-            share = np.array([0.0 if rank == 0 else 1 - strategy.waiting / elapsed])
-            comm.Allreduce(MPI.IN_PLACE, share, op=MPI.SUM)
-            utilisation.append(share[0] / workers)
-        busy = strategy.busy_seconds / max(strategy.serving_seconds, 1e-9)
-        trip = round_trip_seconds(comm, np.empty_like(model.params.grad))
-        step = apply_seconds(model) if rank == 0 else 0.0
-        results[name] = {"updates_per_second": statistics.median(rates),
-                         "worker_utilisation": statistics.median(utilisation),
-                         "server_busy_share": busy, "round_trip_seconds": trip,
-                         "apply_seconds": step, "bytes": int(model.params.grad.nbytes)}
-    if rank == 0:
-        print(json.dumps({"workers": workers, "results": results, "blas": blas_description()}))
+        results[name] = {
+            "bytes": int(model.params.grad.nbytes),
+            "capacity": capacity(comm, model, ParameterServerStrategy, lambda: MPIComm(MPI),
+                                 repeats),
+            "step_seconds": step_seconds(comm, model, repeats),
+            "training": training(comm, name, ParameterServerStrategy, lambda: MPIComm(MPI),
+                                 repeats),
+        }
+    if comm.Get_rank() == 0:
+        backend = __import__("mpinn").get_backend("numpy").describe()
+        print(json.dumps({"workers": comm.Get_size() - 1, "results": results,
+                          "blas": blas_description(), "backend": backend}))
 
 
 def report(runs: dict[int, dict], names: list[str]) -> None:
-    print("| workload | workers | updates/s | worker utilisation | server busy "
-          "| raw Send+Recv round trip ms | server apply ms | saturation estimate (workers) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n#### Server capacity (synthetic pushers) and saturation\n")
+    print("| workload | pushers | updates/s per server rank | receive ms | optimizer ms "
+          "| reply ms | " + " | ".join(f"step ms b{b}" for b in BATCHES) + " | "
+          + " | ".join(f"saturates at (workers) b{b}" for b in BATCHES) + " |")
+    print("|---|---|---|---|---|---|" + "---|" * 2 * len(BATCHES))
     for name in names:
         for workers, run in sorted(runs.items()):
             r = run["results"][name]
-            # one update costs the server a receive, an optimizer step and a send; a worker
-            # offers one update per (its compute + a round trip): rank 0 saturates when
-            # workers / (compute + round trip) exceeds 1 / (round trip + apply)
-            per_worker = workers / r["updates_per_second"]  # seconds between a worker's pushes
-            server_floor = r["round_trip_seconds"] + r["apply_seconds"]
-            print(f"| {name} ({r['bytes'] / 1e6:.1f} MB) | {workers} "
-                  f"| {r['updates_per_second']:,.0f} | {r['worker_utilisation']:.2f} "
-                  f"| {r['server_busy_share']:.2f} | {r['round_trip_seconds'] * 1e3:.2f} "
-                  f"| {r['apply_seconds'] * 1e3:.2f} | {per_worker / server_floor:.1f} |")
+            rate, split = r["capacity"]["updates_per_second"], r["capacity"]["seconds"]
+            steps = [r["step_seconds"][str(b)] for b in BATCHES]
+            print(f"| {name} ({r['bytes'] / 1e6:.1f} MB) | {workers} | {rate:,.0f} | "
+                  + " | ".join(f"{split[p] * 1e3:.2f}" for p in ("receive", "optimizer", "reply"))
+                  + " | " + " | ".join(f"{s * 1e3:.1f}" for s in steps) + " | "
+                  + " | ".join(f"{rate * s:.1f}" for s in steps) + " |")
+    print("\n#### Real training: epoch seconds and worker utilisation\n")
+    print("| workload | workers | one process s | sync s | sync / one process "
+          "| lock step s (util.) | overlapped s (util.) | sync util. |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in names:
+        for workers, run in sorted(runs.items()):
+            t = run["results"][name]["training"]
+            s, u = t["epoch_seconds"], t["utilisation"]
+            print(f"| {name} | {workers} | {s['one process']:.3f} | {s['sync']:.3f} "
+                  f"| {s['sync'] / s['one process']:.3f} "
+                  f"| {s['async lock step']:.3f} ({u['async lock step']:.2f}) "
+                  f"| {s['async overlapped']:.3f} ({u['async overlapped']:.2f}) "
+                  f"| {u['sync']:.2f} |")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", default="1,2,3")
-    parser.add_argument("--mode", default="async", choices=("sync", "async"))
+    parser.add_argument("--workers", default="1")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     names = args.workloads.split(",")
     if args.worker:
-        worker(args.mode, args.repeats, names)
+        worker(args.repeats, names)
         return
-    runs = {int(k): launch_workers(__file__, int(k) + 1, "--mode", args.mode, "--repeats",
-                                   str(args.repeats), "--workloads", ",".join(names))
+    runs = {int(k): launch_workers(__file__, int(k) + 1, "--repeats", str(args.repeats),
+                                   "--workloads", ",".join(names))
             for k in args.workers.split(",")}
-    print(f"ps mode {args.mode}; medians of {args.repeats} epochs; 1 BLAS thread per rank; "
-          f"{os.cpu_count()} CPUs (more ranks than CPUs oversubscribe)")
-    for line in next(iter(runs.values()))["blas"]:  # as the ranks saw it
+    first = next(iter(runs.values()))
+    print(f"medians of {args.repeats} rounds; 1 BLAS thread per rank; {os.cpu_count()} CPUs "
+          f"(more ranks than CPUs oversubscribe); numpy backend: {first['backend']}")
+    for line in first["blas"]:  # as the ranks saw it
         print(line)
     report(runs, names)
 

@@ -22,6 +22,12 @@ class ArrayComm:
         self.comm.allreduce_sum(buffer)
         self._arrived(buffer, array)
 
+    def reduce_sum(self, array, root: int = 0) -> None:
+        buffer = self._outgoing(array)
+        self.comm.reduce_sum(buffer, root=root)
+        if self.comm.rank == root:
+            self._arrived(buffer, array)
+
     def broadcast(self, array, root: int = 0) -> None:
         if self.comm.rank == root:
             self.comm.broadcast(self._outgoing(array), root=root)
@@ -30,15 +36,28 @@ class ArrayComm:
             self.comm.broadcast(buffer, root=root)
             self._arrived(buffer, array)
 
-    def send(self, array, dest: int, tag: int) -> None:
-        self.comm.send(self._outgoing(array), dest=dest, tag=tag)
+    def buffer_like(self, array):
+        """A buffer of its own for messages of `array`'s size, which MPI may read and write
+        while the backend computes (for nonblocking sends and receives): a backend array
+        where MPI reaches the backend's memory, else a host one."""
+        if self.direct:
+            return self.backend.xp.empty_like(array)
+        return self.backend.host_empty(array.shape, array.dtype)
 
-    def recv(self, array, source: int = -1, tag: int = -1) -> int:
-        """Receive into `array`; returns the source rank."""
-        buffer = self._incoming(array)
-        source = self.comm.recv(buffer, source=source, tag=tag)
-        self._arrived(buffer, array)
-        return source
+    def to_buffer(self, array, buffer) -> None:
+        """Copy `array` into a buffer from `buffer_like`, finished before this returns."""
+        if self.direct:
+            buffer[...] = array
+            self.backend.synchronize()
+        else:
+            self.backend.to_host(array, out=buffer)
+
+    def from_buffer(self, buffer, array) -> None:
+        """Copy a buffer from `buffer_like` into `array`."""
+        if self.direct:
+            array[...] = buffer
+        else:
+            self.backend.from_host(buffer, out=array)
 
     def _incoming(self, array):
         """A buffer MPI may write for `array`, once nothing queued still uses `array`."""

@@ -66,6 +66,10 @@ class Comm:
     def allreduce_max(self, buffer) -> None:
         """Element-wise maximum of `buffer` over all ranks, in place."""
 
+    def reduce_sum(self, buffer, root: int = 0) -> None:
+        """Sum `buffer` over all ranks into root's `buffer` (the others' are left as they
+        were)."""
+
     def broadcast(self, buffer, root: int = 0) -> None:
         """Overwrite `buffer` on every rank with root's, in place."""
 
@@ -76,11 +80,21 @@ class Comm:
     def collect_status(self) -> None:
         """Read the watchdog's status messages that arrived (keeps MPI's queue short)."""
 
-    def send(self, buffer, dest: int, tag: int) -> None:
+    def isend(self, buffer, dest: int, tag: int):
+        """Start sending `buffer`; returns the request, to wait for before `buffer` changes."""
         raise NotImplementedError("point-to-point messages need an MPI world")
 
-    def recv(self, buffer, source: int = -1, tag: int = -1) -> int:
-        """Receive into `buffer` (from any source with -1); returns the source rank."""
+    def irecv(self, buffer, source: int, tag: int):
+        """Start receiving into `buffer`; returns the request."""
+        raise NotImplementedError("point-to-point messages need an MPI world")
+
+    def wait_all(self, requests, operation: str) -> None:
+        """Until every request completes (`operation`, "send" or "receive", names the wait
+        in the watchdog's reports)."""
+        raise NotImplementedError("point-to-point messages need an MPI world")
+
+    def wait_any(self, requests, operation: str) -> int:
+        """Until one of the active `requests` completes; returns its index."""
         raise NotImplementedError("point-to-point messages need an MPI world")
 
     def abort(self, code: int = 1) -> None:
@@ -185,6 +199,11 @@ class MPIComm(Comm):
         self._wait(self.comm.Iallreduce(self.MPI.IN_PLACE, buffer, op=self.MPI.MAX),
                    "allreduce")
 
+    def reduce_sum(self, buffer, root=0):
+        sent = self.MPI.IN_PLACE if self.rank == root else buffer
+        self._wait(self.comm.Ireduce(sent, buffer if self.rank == root else None,
+                                     op=self.MPI.SUM, root=root), "reduce")
+
     def allgather_bytes(self, data):
         sizes = np.zeros(self.size, np.int64)
         sizes[self.rank] = len(data)
@@ -197,20 +216,20 @@ class MPIComm(Comm):
         return [gathered[start:start + size].tobytes()
                 for start, size in zip(offsets, sizes, strict=True)]
 
-    def send(self, buffer, dest, tag):
-        self._wait(self.comm.Isend(buffer, dest=dest, tag=tag), "send")
+    def isend(self, buffer, dest, tag):
+        return self.comm.Isend(buffer, dest=dest, tag=tag)
 
-    def recv(self, buffer, source=-1, tag=-1):
-        tag = self.MPI.ANY_TAG if tag == -1 else tag
-        if source == -1:
-            # a matched probe, then a receive of what it found: with MPICH 5.0.2's UCX
-            # netmod on TCP, an MPI_ANY_SOURCE receive never completed once two ranks sent
-            probe = _AnySource(self.comm, self.MPI.ANY_SOURCE, tag)
-            self._wait(probe, "receive", self.status)
-            self._wait(probe.message.Irecv(buffer), "receive")
-        else:
-            self._wait(self.comm.Irecv(buffer, source=source, tag=tag), "receive", self.status)
-        return self.status.Get_source()
+    def irecv(self, buffer, source, tag):
+        return self.comm.Irecv(buffer, source=source, tag=tag)
+
+    def wait_all(self, requests, operation):
+        if requests:
+            self._wait(_AllOf(self.MPI, requests), operation)
+
+    def wait_any(self, requests, operation):
+        first = _AnyOf(self.MPI, requests)
+        self._wait(first, operation)
+        return first.index
 
     def _end_job(self, code):
         sys.stdout.flush()
@@ -220,22 +239,30 @@ class MPIComm(Comm):
         os._exit(code)  # MPI_Abort may return once it has told the launcher
 
 
-class _AnySource:
-    """A matched probe for a message from any rank, waited on as a request is."""
+class _AllOf:
+    """Requests that complete together, waited on as one request is."""
 
-    def __init__(self, comm, any_source, tag):
-        self.comm, self.any_source, self.tag, self.message = comm, any_source, tag, None
+    def __init__(self, mpi, requests):
+        self.MPI, self.requests = mpi, requests
 
     def Test(self, status=None) -> bool:  # noqa: N802 - mpi4py's names: _wait calls them
-        if self.message is None:
-            self.message = self.comm.Improbe(source=self.any_source, tag=self.tag,
-                                             status=status)
-        return self.message is not None
+        return self.MPI.Request.Testall(self.requests)
 
     def Wait(self, status=None) -> None:  # noqa: N802
-        if self.message is None:
-            self.message = self.comm.Mprobe(source=self.any_source, tag=self.tag,
-                                            status=status)
+        self.MPI.Request.Waitall(self.requests)
+
+
+class _AnyOf(_AllOf):
+    """The first of several requests to complete; `index` says which."""
+
+    index = None
+
+    def Test(self, status=None) -> bool:  # noqa: N802
+        self.index, done = self.MPI.Request.Testany(self.requests)
+        return done
+
+    def Wait(self, status=None) -> None:  # noqa: N802
+        self.index = self.MPI.Request.Waitany(self.requests)
 
 
 def gpu_aware_setting() -> "str | None":

@@ -126,34 +126,36 @@ def test_the_metrics_log_names_a_straggler(tmp_path, launch):
     assert job.returncode == 0, job.stderr
     records = [json.loads(line) for line in (directory / "metrics.jsonl").read_text()
                .splitlines() if '"epoch"' in line]
-    named = [record for record in records if record["slowest_rank"] == 1]
+    named = [record for record in records if record["slowest_rank"] == 1
+             and record["compute_seconds_spread"] > 0.1 * record["slowest_compute_seconds"]]
     assert len(named) >= 5  # of 6: a loaded machine may blur one epoch
-    assert all(record["compute_seconds_spread"] > 0.1 * record["slowest_compute_seconds"]
-               for record in named)
 
 
 @pytest.mark.timeout(120)
 def test_a_slow_but_busy_rank_is_not_a_stall(tmp_path, launch):
-    """ps async: worker 2 runs at half speed (stopped 0.15 s of every 0.25 s), so worker 1
-    waits at the epoch's end for several times `abort_seconds`; worker 2 is heard from
-    all along, so the job warns, naming it busy, and completes."""
+    """ps async: from the second epoch on (all set up: slowed while it sets up, it would be
+    silent, a stall), worker 2 runs at a fifth of its speed (stopped 0.2 s of every
+    0.25 s), so worker 1 waits at the epoch's end for several times `abort_seconds`;
+    worker 2 is heard from all along, so the job warns, naming it busy, and completes."""
     directory = tmp_path / "run"
-    write_job(tmp_path / "job.toml", directory, epochs=1, warn=0.5, abort=1.5, units=512,
+    write_job(tmp_path / "job.toml", directory, epochs=2, warn=0.5, abort=1.5, units=512,
               batch_size=32, extra='\n[strategy]\nname = "ps"\n[data]\ndataset = "blobs"\n'
-                                   'samples = 16000\nfeatures = 256\nvalidation_split = 0.0\n')
+                                   'samples = 32000\nfeatures = 256\nvalidation_split = 0.0\n')
     job = launch(3, "train", "job.toml", "-q")
     slow = job.rank_pid(2)
+    while job.process.poll() is None and not (directory / "metrics.jsonl").exists():
+        time.sleep(0.01)
     while job.process.poll() is None:
         try:
             os.kill(slow, signal.SIGSTOP)
-            time.sleep(0.15)
+            time.sleep(0.2)
             os.kill(slow, signal.SIGCONT)
-            time.sleep(0.1)
+            time.sleep(0.05)
         except ProcessLookupError:
             break
     job.finish()
     assert job.returncode == 0, job.stderr
     waits = [int(seconds) for seconds in re.findall(
-        r"broadcast still waiting after (\d+) s for rank 0 \(heard \d+ s ago, at epoch 1\), "
-        r"rank 2 \(heard \d+ s ago, at epoch 1 step \d+\)", job.stderr)]
+        r"broadcast still waiting after (\d+) s for rank 0 \(heard \d+ s ago, at epoch 2\), "
+        r"rank 2 \(heard \d+ s ago, at epoch 2 step \d+\)", job.stderr)]
     assert max(waits) >= 3  # twice abort_seconds, and no stall

@@ -80,9 +80,8 @@ def test_ps_on_one_rank_is_a_clear_error(launch):
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_the_server_receives_over_ucx_on_tcp(tmp_path, launch, mode):
-    """MPICH's UCX netmod on TCP (as between nodes without InfiniBand) never completed the
-    server's receive from any rank once two workers sent: the server probes, then
-    receives what it found."""
+    """MPICH's UCX netmod on TCP (as between nodes without InfiniBand) never completed a
+    receive from any rank once two workers sent: the server posts one receive per worker."""
     done = launch(3, "train", "-q", "--set", "training.epochs=2", "--set", "strategy.name=ps",
                   "--set", f"strategy.mode={mode}", "--set", "watchdog.abort_seconds=30",
                   "--set", f"run.directory='{tmp_path / 'run'}'",

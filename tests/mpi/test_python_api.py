@@ -16,7 +16,8 @@ from .conftest import MPIEXEC
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "data_parallel.py"
 BROKEN_MPI = {"MPI4PY_LIBMPI": "/nonexistent/libmpi.so.12"}  # mpi4py fails to load MPI
 
-# argv: strategy ("none", "allreduce", or "ps": mpinn.strategy("ps", staleness=2)), output
+# argv: strategy ("none", "allreduce", "ps": mpinn.strategy("ps", staleness=0), "ps-sync" or
+# "ps-overlap": ps in mode "sync", or "async" without a bound), output
 # folder; MPINN_TEST_FAIL="rank:before" or "rank:fit" raises there, MPINN_TEST_OTHER_DATA
 # gives one rank other data, MPINN_TEST_OTHER_BATCH another batch size
 SCRIPT = """
@@ -47,7 +48,9 @@ model = Sequential([Dense(32, activation="relu", input_shape=(64,)),
                     Dense(10, activation="softmax")], seed=7 if world.rank == 0 else None)
 model.compile(optimizer=mpinn.SGD(learning_rate=0.1), loss="sparse_categorical_crossentropy",
               metrics=["accuracy"])
-strategy = {"none": None, "ps": mpinn.strategy("ps", staleness=2)}.get(name, name)
+strategy = {"none": None, "ps": mpinn.strategy("ps", staleness=0),
+            "ps-sync": mpinn.strategy("ps", mode="sync"),
+            "ps-overlap": mpinn.strategy("ps")}.get(name, name)
 batch_size = 32 if os.environ.get("MPINN_TEST_OTHER_BATCH") == str(world.rank) else 64
 history = model.fit(x, y, batch_size=batch_size, epochs=1000 if fail else 3, validation_split=0.1,
                     strategy=strategy,
@@ -119,17 +122,36 @@ def test_allreduce_trains_the_single_process_model(tmp_path, alone):
 
 
 @pytest.mark.timeout(120)
-def test_ps_with_one_worker_trains_the_single_process_model(tmp_path, alone):
+@pytest.mark.parametrize("strategy, records", [
+    ("ps", ["'lead_bound': 0", "'version_lag_histogram': {'0': 78}"]),
+    ("ps-sync", ["'mode': 'sync'", "'updates_applied': 78"])])
+def test_ps_with_one_worker_trains_the_single_process_model(tmp_path, alone, strategy,
+                                                            records):
+    """One worker pushes whole global batches, which the server applies in order: in lock
+    step (async, staleness 0), or summed by a Reduce (the server adding zeros) and
+    returned by a Bcast (sync). Either way the single-process computation, number for
+    number; every epoch ends with the server's parameters on every rank."""
     reference, _ = alone
-    weights, stdout = train(tmp_path, 2, "ps")
-    # one worker pushes whole global batches, which the server applies in order: the
-    # single-process computation, number for number; every epoch ends with the server's
-    # parameters on every rank
+    weights, stdout = train(tmp_path, 2, strategy)
     for rank_weights in weights:
         for mine, theirs in zip(rank_weights, reference, strict=True):
             np.testing.assert_array_equal(mine, theirs)
-    assert "'lead_bound': 2" in stdout and "'version_lag_histogram': {'0': 78}" in stdout
+    assert all(record in stdout for record in records), stdout
     assert stdout.count("Epoch 3/3") == 1
+
+
+@pytest.mark.timeout(120)
+def test_an_async_worker_computes_its_next_batch_while_its_push_travels(tmp_path, alone):
+    """Without a staleness bound a worker pushes and computes on: each gradient but an
+    epoch's first (after the epoch-end broadcast) is computed on parameters one update
+    older than the server's, as the server's own record of version lags says."""
+    reference, _ = alone
+    weights, stdout = train(tmp_path, 2, "ps-overlap")
+    assert "'version_lag_histogram': {'0': 3, '1': 75}" in stdout  # 3 epochs of 26 pushes
+    for mine, theirs in zip(weights[0], weights[1], strict=True):
+        np.testing.assert_array_equal(mine, theirs)  # the epoch ends on one model
+    assert not all(np.array_equal(mine, theirs) for mine, theirs
+                   in zip(weights[0], reference, strict=True))
 
 
 @pytest.mark.timeout(120)
