@@ -21,6 +21,7 @@ import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
 import mpinn
+from mpinn import threads as mpinn_threads
 
 LR, BETA_1, BETA_2, EPSILON = 1e-3, 0.9, 0.999, 1e-7
 INPUTS, CLASSES, SEED = 784, 10, 0
@@ -261,10 +262,13 @@ def contenders(name, torch):
     hidden, batch, samples = WORKLOADS[name]
     sizes = (INPUTS, *hidden, CLASSES)
     x, y = make_data(samples)
-    model = mpinn_model(sizes)
+    model, unfused = mpinn_model(sizes), mpinn_model(sizes)
+    unfused.optimizer.build(unfused.params, fused=False)
     weights = model.get_weights()
     runners = {
         "mpinn": lambda: model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=True),
+        "mpinn unfused": lambda: unfused.fit(x, y, batch_size=batch, epochs=1, verbose=0,
+                                             shuffle=True),
         "hand-written": HandWrittenRunner(sizes, batch, weights, x, y).epoch,
     }
     if torch is not None:
@@ -357,7 +361,7 @@ def environment(torch):
 
 def table(results):
     names = list(next(iter(results.values())))
-    ratios = [("mpinn / hand-written", "hand-written")]
+    ratios = [("mpinn / mpinn unfused", "mpinn unfused"), ("mpinn / hand-written", "hand-written")]
     ratios += [(f"mpinn / {n}", n) for n in names if n.startswith("torch")]
     head = ["workload", *(f"{n} (samples/s)" for n in names), *(r for r, _ in ratios),
             "mpinn / hand-written, paired by round (IQR)"]
@@ -391,6 +395,7 @@ def main():
         return
     repeats = 3 if args.quick else args.repeats
     for threads in args.threads:
+        mpinn_threads.apply(mpinn_threads.ThreadPlan(threads, "benchmark"))  # fused steps too
         with threadpool_limits(limits=threads, user_api="blas"):
             if torch is not None:
                 torch.set_num_threads(threads)
