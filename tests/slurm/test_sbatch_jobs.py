@@ -91,8 +91,11 @@ def test_a_stopped_job_requeues_itself_and_completes(slurm, tmp_path):
         assert time.monotonic() < deadline, slurm.job(job_id).get("JobState")
         time.sleep(0.05)
     slurm.run("scancel", "--signal=USR1", "--batch", str(job_id))
-    while slurm.job(job_id).get("Restarts", "0") == "0":  # `scontrol requeue` from the job
-        assert time.monotonic() < deadline, slurm.job(job_id).get("JobState")
+    # `scontrol requeue` from the job; until it is pending again, the state may still be the
+    # first run's end (FAILED, exit 138)
+    while ((state := slurm.job(job_id)).get("Restarts", "0") == "0"
+           or state.get("JobState") not in ("PENDING", "RUNNING")):
+        assert time.monotonic() < deadline, state.get("JobState")
         time.sleep(0.2)
     slurm.run("scontrol", "update", f"jobid={job_id}", "starttime=now")  # skip the delay
     state = slurm.wait(job_id)
