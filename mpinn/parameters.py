@@ -23,6 +23,19 @@ class Slot:
         return int(np.prod(self.shape, dtype=np.int64))
 
 
+@dataclass
+class ParameterSlice:
+    """A contiguous part of the flat buffers, for an optimizer that steps only that part."""
+
+    data: object
+    grad: object
+    backend: object
+
+    @property
+    def size(self) -> int:
+        return int(self.data.size)
+
+
 class FlatParameters:
     """`data` and `grad`: flat buffers; `values[name]` and `grads[name]`: views into them."""
 
@@ -44,6 +57,10 @@ class FlatParameters:
     def views(self, flat) -> dict:
         """Named views of any buffer laid out like the parameters (e.g. optimizer state)."""
         return {s.name: flat[s.offset : s.offset + s.size].reshape(s.shape) for s in self.slots}
+
+    def part(self, start: int, stop: int) -> "ParameterSlice":
+        """The [start, stop) slice of `data` and `grad`, as views."""
+        return ParameterSlice(self.data[start:stop], self.grad[start:stop], self.backend)
 
     @property
     def names(self) -> list[str]:

@@ -259,6 +259,47 @@ def test_the_fused_step_is_the_chain_bit_for_bit(case):
     assert all(buffer.dtype == np.float32 for buffer in state.values())
 
 
+@pytest.mark.parametrize("case", ["adam_clipped", "rmsprop_momentum_clipped_decayed",
+                                  "adam_schedule", "sgd_clipped"])
+def test_slices_stepped_with_the_whole_norm_step_as_the_whole(case, fused):
+    """A sharded parameter server's step: the optimizer sliced in two, each slice given
+    the whole gradient's norm, moves the parameters and the state bit for bit as one
+    optimizer on the whole buffer; the sliced state is the whole one's (views)."""
+    make_optimizer = FUSED_CASES[case][0]
+    grads = [g.astype(np.float32) for g in gradient_sequence()]
+    whole, split = (FlatParameters(SHAPES, np.float32, mpinn.get_backend("numpy"))
+                    for _ in range(2))
+    for params in (whole, split):
+        params.data[...] = np.random.default_rng(0).normal(size=params.size)
+    expected = run_mpinn(make_optimizer(), whole, grads, fused)
+    optimizer = make_optimizer()
+    optimizer.build(split, fused=fused)
+    cut = 9  # inside dense_0/kernel: slices need not follow tensors
+    parts = [optimizer.sliced(split.part(start, stop), start, stop)
+             for start, stop in ((0, cut), (cut, SIZE))]
+    for step, g in enumerate(grads):
+        norm = float(np.sqrt(np.vdot(g, g)))
+        split.grad[...] = g
+        for part, (start, stop) in zip(parts, ((0, cut), (cut, SIZE)), strict=True):
+            part.apply(split.part(start, stop), norm=norm)
+        np.testing.assert_array_equal(split.data, expected[step], err_msg=f"step {step + 1}")
+    assert [part.iterations for part in parts] == [STEPS, STEPS] and optimizer.iterations == 0
+    for name, buffer in optimizer.state().items():
+        assert np.any(buffer[:cut]) and np.any(buffer[cut:]), name
+
+
+def test_a_gradient_norm_that_is_not_finite_skips_the_step():
+    optimizer = mpinn.Adam(0.1, global_clipnorm=1.0)
+    optimizer.skip_nonfinite = True
+    params = make_params()
+    optimizer.build(params)
+    before = host(params)
+    params.grad[...] = 1.0  # finite here; the whole gradient's norm says otherwise
+    optimizer.apply(params, norm=math.inf)
+    assert optimizer.skipped == 1 and optimizer.iterations == 0
+    np.testing.assert_array_equal(host(params), before)
+
+
 @pytest.mark.parametrize("inputs, fused", [(4, False), (512, True)])
 def test_a_model_from_fused_from_parameters_on_is_fused(inputs, fused):
     """Below FUSED_FROM parameters the kernels would not repay their loading time."""

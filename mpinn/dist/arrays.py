@@ -36,6 +36,31 @@ class ArrayComm:
             self.comm.broadcast(buffer, root=root)
             self._arrived(buffer, array)
 
+    def gather_parts(self, array, bounds, tag: int) -> None:
+        """Rank s (s < len(bounds)) holds `array[start:stop]` for its `bounds[s]`; rank 0
+        receives the others' parts into its `array`, in place. By messages: the ranks
+        beyond the parts take no part."""
+        rank = self.comm.rank
+        if rank == 0:
+            parts = [array[start:stop] for start, stop in bounds]
+            buffers = [self._message_buffer(part) for part in parts]
+            self.comm.wait_all([self.comm.irecv(buffers[source], source=source, tag=tag)
+                                for source in range(1, len(bounds))], "receive")
+            for buffer, part in zip(buffers[1:], parts[1:], strict=True):
+                if buffer is not part:
+                    self.from_buffer(buffer, part)
+        elif rank < len(bounds):
+            part = array[slice(*bounds[rank])]
+            buffer = self._message_buffer(part)
+            if buffer is not part:
+                self.to_buffer(part, buffer)
+            self.comm.wait_all([self.comm.isend(buffer, dest=0, tag=tag)], "send")
+
+    def _message_buffer(self, array):
+        """`array` itself where MPI reaches it, else a host buffer of its own."""
+        self.backend.synchronize()
+        return array if self.direct else self.buffer_like(array)
+
     def buffer_like(self, array):
         """A buffer of its own for messages of `array`'s size, which MPI may read and write
         while the backend computes (for nonblocking sends and receives): a backend array

@@ -16,6 +16,9 @@ buffers and scalars instead of updating the buffer itself. The chain stays the r
 (the kernels reproduce it bit for bit) and the fallback for every other chain or backend.
 """
 
+import copy
+import math
+
 import numpy as np
 
 from ..errors import positive_number
@@ -86,7 +89,12 @@ class ClipByGlobalNorm(Transform):
         self.max_norm = max_norm
 
     def update(self, updates, params, step, scale):
-        norm = abs(scale) * float(np.sqrt(np.vdot(updates, updates)))
+        return self.clipped(scale, float(np.sqrt(np.vdot(updates, updates))))
+
+    def clipped(self, scale: float, norm: float) -> float:
+        """The scale that clips an update `scale * updates` whose `updates` have L2 norm
+        `norm`."""
+        norm *= abs(scale)
         return scale * self.max_norm / norm if norm > self.max_norm else scale
 
 
@@ -139,31 +147,45 @@ class Optimizer:
             return None
         return backend.optimizer_kernel(names)
 
-    def apply(self, params, lr_scale: float = 1.0, grad=None) -> None:
+    @property
+    def uses_global_norm(self) -> bool:
+        """Whether a step needs the whole gradient's norm (clipping, or skipping steps
+        that are not finite): what a server holding a slice is told by the worker."""
+        return self.skip_nonfinite or any(isinstance(transform, ClipByGlobalNorm)
+                                          for transform in self.transforms)
+
+    def apply(self, params, lr_scale: float = 1.0, grad=None, norm=None) -> None:
         """One step; consumes `grad` (by default `params.grad`) as the update buffer.
         `lr_scale` multiplies this step's learning rate (the parameter server's
-        staleness-aware rate)."""
+        staleness-aware rate). `norm`: the L2 norm of the whole gradient where `params` is
+        a slice of the model (a sharded server's), for clipping and the finite check; a
+        norm that is not finite counts as a gradient that is not."""
         updates, scale = params.grad if grad is None else grad, 1.0
-        if self.skip_nonfinite and not all_finite(updates):
+        if self.skip_nonfinite and not (all_finite(updates) if norm is None
+                                        else math.isfinite(norm)):
             self.skipped += 1
             return
         if self._find_kernel:
             self.kernel, self._find_kernel = self._fused_kernel(params.backend), False
         if self.kernel is not None:
-            self._apply_fused(params, updates, lr_scale)
+            self._apply_fused(params, updates, lr_scale, norm)
         else:
             for transform in self.transforms:
-                scale = transform.update(updates, params.data, self.iterations, scale)
+                if norm is not None and isinstance(transform, ClipByGlobalNorm):
+                    scale = transform.clipped(scale, norm)
+                else:
+                    scale = transform.update(updates, params.data, self.iterations, scale)
             updates *= -self.learning_rate(self.iterations) * lr_scale * scale
             params.data += updates
         self.iterations += 1
 
-    def _apply_fused(self, params, grad, lr_scale: float) -> None:
+    def _apply_fused(self, params, grad, lr_scale: float, norm) -> None:
         """The chain's step in one kernel call, with its scalars in the buffers' dtype."""
         scale, buffers, scalars, decay = 1.0, [], [], 0.0
         for transform in self.transforms:
             if isinstance(transform, ClipByGlobalNorm):
-                scale = transform.update(grad, params.data, self.iterations, scale)
+                scale = (transform.update(grad, params.data, self.iterations, scale)
+                         if norm is None else transform.clipped(scale, norm))
             elif isinstance(transform, AddDecayedWeights):
                 decay = transform.weight_decay / scale
             else:
@@ -174,6 +196,20 @@ class Optimizer:
         number = params.data.dtype.type
         self.kernel(params.data, grad, *buffers,
                     *(number(value) for value in (*scalars, step, decay)))
+
+    def sliced(self, params, start: int, stop: int) -> "Optimizer":
+        """This optimizer on `params`, the [start, stop) slice of the model's flat buffers
+        (a sharded parameter server's part): its state buffers are views of this one's,
+        its step count starts at this one's and is its own from then on."""
+        part = copy.copy(self)
+        part.transforms = []
+        for transform in self.transforms:
+            piece = copy.copy(transform)
+            piece.init(params)  # scratch sized to the slice; the state is this one's:
+            for slot in transform.slots:
+                setattr(piece, slot, getattr(transform, slot)[start:stop])
+            part.transforms.append(piece)
+        return part
 
     def state(self) -> dict:
         """Flat state buffers by `transform/slot` name (for checkpoints)."""

@@ -98,6 +98,39 @@ def test_resume_on_another_world_size_or_strategy(tmp_path, launch, first, then)
     assert checkpoint.read(directory / "final.h5").attrs["strategy"] == strategy
 
 
+@pytest.mark.timeout(300)
+def test_a_checkpoint_of_two_servers_holds_the_whole_state_and_resumes_anywhere(tmp_path,
+                                                                               launch):
+    """Two sync servers and one worker train exactly as one process does: the checkpoint
+    they wrote (each server's slice of the optimizer state gathered on rank 0) equals the
+    single-process one bit for bit, and resuming it with one server or under allreduce
+    ends where the single-process run ends."""
+    alone, two = write_job(tmp_path, "alone", 4), write_job(tmp_path, "two", 4)
+    assert launch(None, "train", "alone.toml", "-q").returncode == 0
+    ps = ["--set", "strategy.name='ps'", "--set", "strategy.mode='sync'"]
+    started = launch(3, "train", "two.toml", "-q", "--set", "training.epochs=2", *ps,
+                     "--set", "strategy.servers=2")
+    assert started.returncode == 0, started.stderr
+    saved = sorted(two.glob("ckpt-*.h5"))[-1]
+    a, b = checkpoint.read(alone / saved.name), checkpoint.read(saved)
+    assert b.attrs["iterations"] == a.attrs["iterations"] > 0
+    for slot in a.optimizer:
+        for name in a.optimizer[slot]:
+            np.testing.assert_array_equal(b.optimizer[slot][name], a.optimizer[slot][name],
+                                          err_msg=f"{slot}/{name}")
+    expected = checkpoint.read(alone / "final.h5").params
+    for name, ranks, strategy in (("one", 2, ps), ("allreduce", None, [])):
+        directory = write_job(tmp_path, name, 4)
+        resumed = launch(ranks, "train", f"{name}.toml", "-q", "--resume", str(saved),
+                         *strategy)
+        assert resumed.returncode == 0, resumed.stderr
+        final = checkpoint.read(directory / "final.h5")
+        assert final.attrs["iterations"] == checkpoint.read(alone / "final.h5").attrs["iterations"]
+        for tensor in expected:
+            np.testing.assert_array_equal(final.params[tensor], expected[tensor],
+                                          err_msg=f"{name}: {tensor}")
+
+
 @pytest.mark.timeout(600)
 def test_kill_9_while_writing_checkpoints_never_loses_the_last_good_one(tmp_path):
     """A larger model checkpointed every step, killed at 20 random moments: each time a

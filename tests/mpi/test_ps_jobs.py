@@ -1,4 +1,5 @@
-"""`mpinn train` with rank 0 as parameter server (strategy "ps") on 3 and 4 ranks."""
+"""`mpinn train` with parameter servers (strategy "ps": rank 0, or ranks 0..k-1 with
+`servers = k`) on 3 and 4 ranks."""
 
 import json
 
@@ -15,25 +16,28 @@ def records(directory):
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("ranks", [3, 4])
-def test_sync_mode_equals_allreduce_over_the_workers(tmp_path, launch, ranks):
+@pytest.mark.parametrize("ranks, servers", [(3, 1), (4, 1), (4, 2)],
+                         ids=["3-ranks", "4-ranks", "4-ranks-2-servers"])
+def test_sync_mode_equals_allreduce_over_the_workers(tmp_path, launch, ranks, servers):
     finals = {}
     for strategy in ("allreduce", "ps"):
         directory = tmp_path / strategy
         job = tmp_path / f"{strategy}.toml"
         job.write_text(SMALL_JOB.format(directory=directory))
         # allreduce over the same number of trainers as ps has workers
-        world = ranks - 1 if strategy == "allreduce" else ranks
+        world = ranks - servers if strategy == "allreduce" else ranks
+        ps = ["--set", "strategy.mode='sync'", "--set", f"strategy.servers={servers}"]
         run = launch(world, "train", str(job), "--quiet", "--set", f"strategy.name='{strategy}'",
-                     *(["--set", "strategy.mode='sync'"] if strategy == "ps" else []))
+                     *(ps if strategy == "ps" else []))
         assert run.returncode == 0, run.stderr
         finals[strategy] = checkpoint.read(directory / "final.h5").params
     for name, value in finals["allreduce"].items():
         np.testing.assert_allclose(finals["ps"][name], value, rtol=1e-9, atol=1e-12,
                                    err_msg=name)
     *epochs, report = records(tmp_path / "ps")
-    assert report["mode"] == "sync" and report["version_lag_histogram"] == {
-        "0": report["updates_applied"] * (ranks - 1)}
+    assert report["mode"] == "sync" and report["servers"] == servers
+    assert report["version_lag_histogram"] == {
+        "0": report["updates_applied"] * (ranks - servers) * servers}
     assert list(report)[-2:] == ["time", "run"] and report["run"] == epochs[0]["run"]
 
 
@@ -57,6 +61,60 @@ def test_async_reaches_095_and_the_server_record_keeps_the_bound(tmp_path, launc
     assert sum(report["version_lag_histogram"].values()) == 2 * 30 * steps
     if staleness is not None:
         assert report["largest_lead"] <= staleness
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_two_servers_train_the_default_job_and_keep_the_bound_across_slices(tmp_path, launch,
+                                                                            mode):
+    """Ranks 0 and 1 each own half of the model; ranks 2 and 3 train. In async mode each
+    server holds a worker back by its own count of pushes, and the worker needs both
+    replies: no server's record shows a lead beyond the bound."""
+    bound = ["--set", "strategy.staleness=1"] if mode == "async" else []
+    run = launch(4, "train", "--quiet", "--set", "strategy.name='ps'", "--set",
+                 f"strategy.mode='{mode}'", "--set", "strategy.servers=2", *bound)
+    assert run.returncode == 0, run.stderr
+    *epochs, report = records(tmp_path / "runs/digits")
+    assert len(epochs) == 30 and epochs[-1]["val_accuracy"] >= 0.95
+    assert report["servers"] == 2
+    steps = 45
+    if mode == "async":
+        assert report["updates_by_worker"] == {"2": 30 * steps, "3": 30 * steps}
+        assert report["updates_applied"] == 2 * 30 * steps
+        assert sum(report["version_lag_histogram"].values()) == 2 * 2 * 30 * steps
+        assert report["largest_lead"] <= 1 and report["lead_bound"] == 1
+    else:
+        assert report["updates_applied"] == 30 * steps
+
+
+@pytest.mark.timeout(300)
+def test_downpour_intervals_push_summed_steps_and_pull_now_and_then(tmp_path, launch):
+    """push_every = 2: a push is the mean gradient of two steps, so an epoch of 45 steps
+    is 23 pushes per worker; pull_every = 2: every other reply carries parameters. The
+    staleness bound still holds (every reply carries the version)."""
+    run = launch(3, "train", "--quiet", "--set", "strategy.name='ps'", "--set",
+                 "strategy.push_every=2", "--set", "strategy.pull_every=2", "--set",
+                 "strategy.staleness=2")
+    assert run.returncode == 0, run.stderr
+    *epochs, report = records(tmp_path / "runs/digits")
+    assert len(epochs) == 30 and epochs[-1]["val_accuracy"] >= 0.95
+    assert report["updates_by_worker"] == {"1": 30 * 23, "2": 30 * 23}
+    assert sum(report["version_lag_histogram"].values()) == report["updates_applied"] == 1380
+    assert report["largest_lead"] <= 2
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("setting, message", [
+    ("strategy.servers=3", "ps: servers = 3 leaves no rank to train on 3 ranks; use at most 2"),
+    ("strategy.push_every=0", "ps: push_every must be an integer >= 1. Received: push_every=0"),
+    ("strategy.mode='sync'\nstrategy.pull_every=2", "ps: staleness, staleness_aware_lr, "
+     "push_every and pull_every apply to mode 'async' only")],
+    ids=["no-worker-left", "push-every-0", "pull-every-in-sync"])
+def test_a_bad_ps_setting_is_one_line_from_rank_0(launch, setting, message):
+    sets = [item for line in setting.split("\n") for item in ("--set", line)]
+    run = launch(3, "train", "--set", "strategy.name='ps'", *sets)
+    assert run.returncode == 2
+    assert run.stderr.strip() == f"mpinn: error: default job: [strategy] ('ps'): {message}"
 
 
 @pytest.mark.timeout(60)

@@ -17,7 +17,8 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "data_parallel.py"
 BROKEN_MPI = {"MPI4PY_LIBMPI": "/nonexistent/libmpi.so.12"}  # mpi4py fails to load MPI
 
 # argv: strategy ("none", "allreduce", "ps": mpinn.strategy("ps", staleness=0), "ps-sync" or
-# "ps-overlap": ps in mode "sync", or "async" without a bound), output
+# "ps-overlap": ps in mode "sync", or "async" without a bound, "ps-push-every-2": batches of
+# 32 pushed in pairs), output
 # folder; MPINN_TEST_FAIL="rank:before" or "rank:fit" raises there, MPINN_TEST_OTHER_DATA
 # gives one rank other data, MPINN_TEST_OTHER_BATCH another batch size
 SCRIPT = """
@@ -50,8 +51,10 @@ model.compile(optimizer=mpinn.SGD(learning_rate=0.1), loss="sparse_categorical_c
               metrics=["accuracy"])
 strategy = {"none": None, "ps": mpinn.strategy("ps", staleness=0),
             "ps-sync": mpinn.strategy("ps", mode="sync"),
-            "ps-overlap": mpinn.strategy("ps")}.get(name, name)
-batch_size = 32 if os.environ.get("MPINN_TEST_OTHER_BATCH") == str(world.rank) else 64
+            "ps-overlap": mpinn.strategy("ps"),
+            "ps-push-every-2": mpinn.strategy("ps", staleness=0, push_every=2)}.get(name, name)
+batch_size = 32 if (os.environ.get("MPINN_TEST_OTHER_BATCH") == str(world.rank)
+                    or name == "ps-push-every-2") else 64
 history = model.fit(x, y, batch_size=batch_size, epochs=1000 if fail else 3, validation_split=0.1,
                     strategy=strategy,
                     callbacks=[FailAtStep()] if fail == f"{world.rank}:fit" else [])
@@ -138,6 +141,19 @@ def test_ps_with_one_worker_trains_the_single_process_model(tmp_path, alone, str
             np.testing.assert_array_equal(mine, theirs)
     assert all(record in stdout for record in records), stdout
     assert stdout.count("Epoch 3/3") == 1
+
+
+@pytest.mark.timeout(120)
+def test_a_push_every_two_steps_is_one_step_on_both_batches(tmp_path, alone):
+    """One worker in lock step pushing the mean gradient of two batches of 32 takes the
+    steps one process takes with batches of 64 (the same samples in the same order),
+    up to float32 rounding: the sums are added in another order."""
+    reference, _ = alone
+    weights, stdout = train(tmp_path, 2, "ps-push-every-2")
+    assert "'updates_applied': 78" in stdout  # 3 epochs of 26 pushes, as 26 steps of 64
+    largest = max(float(np.abs(mine - theirs).max())
+                  for mine, theirs in zip(weights[1], reference, strict=True))
+    assert largest < 1e-6, largest
 
 
 @pytest.mark.timeout(120)
