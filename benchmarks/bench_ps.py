@@ -151,9 +151,9 @@ def training(comm, name: str, strategy_class, make_comm, repeats: int, servers: 
             "utilisation": {mode: statistics.median(u) for mode, u in utilisation.items()}}
 
 
-def slice_model(size: int):
-    """A model of about `size` parameters (one dense layer), as a server's slice."""
-    return mpinn_model((784, max(1, round(size / 785))))
+def slice_model(size: float):
+    """A model of about `size` parameters (784 -> h -> 10), as a server's slice."""
+    return mpinn_model((784, max(1, round((size - 10) / 795)), 10))
 
 
 def worker(repeats: int, names: list[str], servers: int) -> None:

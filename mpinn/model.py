@@ -102,16 +102,8 @@ class Sequential:
             layer, local = owners[name]
             initial = layer.initializers()[local](rng, params.values[name].shape)
             params.values[name][...] = self.backend.asarray(initial, dtype=self.dtype)
-        for layer in self.layers:
-            prefix = f"{layer.name}/"
-            layer.bind(
-                {n[len(prefix):]: v for n, v in params.values.items() if n.startswith(prefix)},
-                {n[len(prefix):]: g for n, g in params.grads.items() if n.startswith(prefix)},
-            )
+        self._bind(params)
         self._seed_dropout()
-        self._penalties = [(reg, layer.values[name], layer.grads[name])
-                           for layer in self.layers
-                           for name, reg in layer.regularizers().items()]
         # a layer needs dL/d(input) only if some layer before it has parameters
         self._input_grad = [
             any(earlier.values for earlier in self.layers[:i]) for i in range(len(self.layers))
@@ -120,6 +112,27 @@ class Sequential:
         self.params = params
         if self.optimizer is not None:
             self._prepare_training()
+
+    def _bind(self, params) -> None:
+        """Point the layers (and the regularizers) at `params`' named views."""
+        for layer in self.layers:
+            prefix = f"{layer.name}/"
+            layer.bind(
+                {n[len(prefix):]: v for n, v in params.values.items() if n.startswith(prefix)},
+                {n[len(prefix):]: g for n, g in params.grads.items() if n.startswith(prefix)},
+            )
+        self._penalties = [(reg, layer.values[name], layer.grads[name])
+                           for layer in self.layers
+                           for name, reg in layer.regularizers().items()]
+
+    def swap_buffers(self, data=None, grad=None) -> tuple:
+        """Train on `data` and/or `grad` (flat buffers laid out like the parameters) from
+        now on and return the (data, grad) they replace: a strategy's double buffering,
+        e.g. parameters received while the model computed on the others, without copies."""
+        old = self.params.data, self.params.grad
+        self.params.use(data, grad)
+        self._bind(self.params)
+        return old
 
     def _seed_dropout(self) -> None:
         for index, layer in enumerate(self.layers):

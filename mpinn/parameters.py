@@ -49,10 +49,14 @@ class FlatParameters:
             offset += slot.size
         self.size = offset
         xp = backend.xp
-        self.data = xp.zeros(self.size, dtype=dtype)
-        self.grad = xp.zeros(self.size, dtype=dtype)
-        self.values = self.views(self.data)
-        self.grads = self.views(self.grad)
+        self.use(xp.zeros(self.size, dtype=dtype), xp.zeros(self.size, dtype=dtype))
+
+    def use(self, data=None, grad=None) -> None:
+        """Make `data` and/or `grad` the flat buffers (and the named views theirs)."""
+        if data is not None:
+            self.data, self.values = data, self.views(data)
+        if grad is not None:
+            self.grad, self.grads = grad, self.views(grad)
 
     def views(self, flat) -> dict:
         """Named views of any buffer laid out like the parameters (e.g. optimizer state)."""

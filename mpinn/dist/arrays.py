@@ -22,12 +22,6 @@ class ArrayComm:
         self.comm.allreduce_sum(buffer)
         self._arrived(buffer, array)
 
-    def reduce_sum(self, array, root: int = 0) -> None:
-        buffer = self._outgoing(array)
-        self.comm.reduce_sum(buffer, root=root)
-        if self.comm.rank == root:
-            self._arrived(buffer, array)
-
     def broadcast(self, array, root: int = 0) -> None:
         if self.comm.rank == root:
             self.comm.broadcast(self._outgoing(array), root=root)
@@ -42,11 +36,11 @@ class ArrayComm:
         beyond the parts take no part."""
         rank = self.comm.rank
         if rank == 0:
-            parts = [array[start:stop] for start, stop in bounds]
+            parts = [array[start:stop] for start, stop in bounds[1:]]
             buffers = [self._message_buffer(part) for part in parts]
-            self.comm.wait_all([self.comm.irecv(buffers[source], source=source, tag=tag)
-                                for source in range(1, len(bounds))], "receive")
-            for buffer, part in zip(buffers[1:], parts[1:], strict=True):
+            self.comm.wait_all([self.comm.irecv(buffer, source=source, tag=tag)
+                                for source, buffer in enumerate(buffers, 1)], "receive")
+            for buffer, part in zip(buffers, parts, strict=True):
                 if buffer is not part:
                     self.from_buffer(buffer, part)
         elif rank < len(bounds):

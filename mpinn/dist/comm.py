@@ -66,10 +66,6 @@ class Comm:
     def allreduce_max(self, buffer) -> None:
         """Element-wise maximum of `buffer` over all ranks, in place."""
 
-    def reduce_sum(self, buffer, root: int = 0) -> None:
-        """Sum `buffer` over all ranks into root's `buffer` (the others' are left as they
-        were)."""
-
     def broadcast(self, buffer, root: int = 0) -> None:
         """Overwrite `buffer` on every rank with root's, in place."""
 
@@ -96,6 +92,11 @@ class Comm:
     def wait_any(self, requests, operation: str) -> int:
         """Until one of the active `requests` completes; returns its index."""
         raise NotImplementedError("point-to-point messages need an MPI world")
+
+    def shared_memory(self, nbytes: int) -> "SharedMemory":
+        """`nbytes` of memory of this rank's own that the ranks on its node read and write
+        directly; collective over all ranks (see SharedMemory)."""
+        raise NotImplementedError("shared memory between ranks needs an MPI world")
 
     def abort(self, code: int = 1) -> None:
         """End every rank of the job now, after running `before_abort` (e.g. releasing a
@@ -199,11 +200,6 @@ class MPIComm(Comm):
         self._wait(self.comm.Iallreduce(self.MPI.IN_PLACE, buffer, op=self.MPI.MAX),
                    "allreduce")
 
-    def reduce_sum(self, buffer, root=0):
-        sent = self.MPI.IN_PLACE if self.rank == root else buffer
-        self._wait(self.comm.Ireduce(sent, buffer if self.rank == root else None,
-                                     op=self.MPI.SUM, root=root), "reduce")
-
     def allgather_bytes(self, data):
         sizes = np.zeros(self.size, np.int64)
         sizes[self.rank] = len(data)
@@ -231,12 +227,53 @@ class MPIComm(Comm):
         self._wait(first, operation)
         return first.index
 
+    def shared_memory(self, nbytes):
+        node = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED)
+        info = self.MPI.Info.Create()
+        info.Set("alloc_shared_noncontig", "true")  # each rank's pages its own, near it
+        try:
+            window = self.MPI.Win.Allocate_shared(nbytes, 1, info, comm=node)
+        finally:
+            info.Free()
+        ranks = self.MPI.Group.Translate_ranks(node.Get_group(), range(node.Get_size()),
+                                               self.comm.Get_group())
+        return SharedMemory(window, node, dict(zip(ranks, range(len(ranks)), strict=True)),
+                            self.MPI)
+
     def _end_job(self, code):
         sys.stdout.flush()
         sys.stderr.flush()
         time.sleep(OUTPUT_SECONDS)  # the launcher forwards what was printed before it kills
         self.MPI.COMM_WORLD.Abort(code)
         os._exit(code)  # MPI_Abort may return once it has told the launcher
+
+
+class SharedMemory:
+    """Memory every rank allocated, which the ranks of its node read and write as their
+    own (an MPI shared-memory window on the node). Writes are seen by another rank after
+    the writer's `sync`, a message from writer to reader, and the reader's `sync`."""
+
+    def __init__(self, window, node, node_ranks: dict, mpi):
+        self.window, self.node, self.node_ranks = window, node, node_ranks
+        window.Lock_all(mpi.MODE_NOCHECK)  # the epoch `sync` needs, for the window's life
+
+    def near(self, rank: int) -> bool:
+        """Whether `rank` shares this rank's node (and its memory)."""
+        return rank in self.node_ranks
+
+    def of(self, rank: int) -> memoryview:
+        """The memory of `rank`, a rank of this node (itself included)."""
+        memory, _ = self.window.Shared_query(self.node_ranks[rank])
+        return memoryview(memory)
+
+    def sync(self) -> None:
+        self.window.Sync()
+
+    def free(self) -> None:
+        """Collective over all ranks; the memory is gone (nothing may use it after)."""
+        self.window.Unlock_all()
+        self.window.Free()
+        self.node.Free()
 
 
 class _AllOf:

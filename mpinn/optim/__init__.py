@@ -4,7 +4,7 @@ from ..errors import choose
 from . import schedules
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
-from .base import Optimizer, Transform
+from .base import Optimizer, Transform, global_norm
 from .rmsprop import RMSprop
 from .sgd import SGD
 
@@ -22,5 +22,6 @@ def get(optimizer) -> Optimizer:
 
 
 __all__ = [
-    "SGD", "Adagrad", "Adam", "AdamW", "Optimizer", "RMSprop", "Transform", "get", "schedules",
+    "SGD", "Adagrad", "Adam", "AdamW", "Optimizer", "RMSprop", "Transform", "get", "global_norm",
+    "schedules",
 ]

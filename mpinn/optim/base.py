@@ -80,6 +80,11 @@ class AddDecayedWeights(Transform):
         return scale
 
 
+def global_norm(updates) -> float:
+    """The L2 norm of a flat buffer, as clipping computes it."""
+    return float(np.sqrt(np.vdot(updates, updates)))
+
+
 class ClipByGlobalNorm(Transform):
     """Scale the whole update down so that its L2 norm is at most max_norm."""
 
@@ -89,7 +94,7 @@ class ClipByGlobalNorm(Transform):
         self.max_norm = max_norm
 
     def update(self, updates, params, step, scale):
-        return self.clipped(scale, float(np.sqrt(np.vdot(updates, updates))))
+        return self.clipped(scale, global_norm(updates))
 
     def clipped(self, scale: float, norm: float) -> float:
         """The scale that clips an update `scale * updates` whose `updates` have L2 norm

@@ -16,9 +16,13 @@ def records(directory):
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("ranks, servers", [(3, 1), (4, 1), (4, 2)],
-                         ids=["3-ranks", "4-ranks", "4-ranks-2-servers"])
-def test_sync_mode_equals_allreduce_over_the_workers(tmp_path, launch, ranks, servers):
+@pytest.mark.parametrize("ranks, servers, clip", [(3, 1, False), (4, 1, False), (4, 2, False),
+                                                 (4, 2, True)],
+                         ids=["3-ranks", "4-ranks", "4-ranks-2-servers",
+                              "4-ranks-2-servers-clipped"])
+def test_sync_mode_equals_allreduce_over_the_workers(tmp_path, launch, ranks, servers, clip):
+    """Clipped: the servers add their slices' squared norms, so each clips by the norm of
+    the whole summed gradient, as allreduce does (a norm of 0.05 clips nearly every step)."""
     finals = {}
     for strategy in ("allreduce", "ps"):
         directory = tmp_path / strategy
@@ -27,8 +31,9 @@ def test_sync_mode_equals_allreduce_over_the_workers(tmp_path, launch, ranks, se
         # allreduce over the same number of trainers as ps has workers
         world = ranks - servers if strategy == "allreduce" else ranks
         ps = ["--set", "strategy.mode='sync'", "--set", f"strategy.servers={servers}"]
+        clipped = ["--set", "optimizer.global_clipnorm=0.05"] if clip else []
         run = launch(world, "train", str(job), "--quiet", "--set", f"strategy.name='{strategy}'",
-                     *(ps if strategy == "ps" else []))
+                     *(ps if strategy == "ps" else []), *clipped)
         assert run.returncode == 0, run.stderr
         finals[strategy] = checkpoint.read(directory / "final.h5").params
     for name, value in finals["allreduce"].items():
@@ -118,9 +123,11 @@ def test_a_bad_ps_setting_is_one_line_from_rank_0(launch, setting, message):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("failing_rank", [2, 0], ids=["worker", "server"])
-def test_an_exception_on_a_worker_or_the_server_ends_the_job(launch, failing_rank):
+@pytest.mark.parametrize("failing_rank, servers", [(2, 1), (0, 1), (1, 2)],
+                         ids=["worker", "server", "second-of-two-servers"])
+def test_an_exception_on_a_worker_or_a_server_ends_the_job(launch, failing_rank, servers):
     run = launch(3, "train", "--quiet", "--set", "strategy.name='ps'",
+                 "--set", f"strategy.servers={servers}",
                  "--set", "training.epochs=1000", env={"MPINN_FAIL_AT": f"{failing_rank}:30"},
                  timeout=45)
     assert run.returncode != 0

@@ -19,7 +19,8 @@ BROKEN_MPI = {"MPI4PY_LIBMPI": "/nonexistent/libmpi.so.12"}  # mpi4py fails to l
 # argv: strategy ("none", "allreduce", "ps": mpinn.strategy("ps", staleness=0), "ps-sync" or
 # "ps-overlap": ps in mode "sync", or "async" without a bound, "ps-push-every-2": batches of
 # 32 pushed in pairs), output
-# folder; MPINN_TEST_FAIL="rank:before" or "rank:fit" raises there, MPINN_TEST_OTHER_DATA
+# folder; MPINN_TEST_STAGED=1 passes the model's arrays to MPI through host copies,
+# MPINN_TEST_FAIL="rank:before" or "rank:fit" raises there, MPINN_TEST_OTHER_DATA
 # gives one rank other data, MPINN_TEST_OTHER_BATCH another batch size
 SCRIPT = """
 import os, sys
@@ -29,6 +30,15 @@ from mpinn import Dense, Sequential
 from mpinn.data import load_digits
 
 name, out = sys.argv[1], sys.argv[2]
+if os.environ.get("MPINN_TEST_STAGED"):  # MPI as if it could not read the model's arrays
+    from mpinn.dist import strategy as strategy_module
+
+    class Staged(strategy_module.ArrayComm):
+        def __init__(self, comm, backend):
+            super().__init__(comm, backend)
+            self.direct = False
+
+    strategy_module.ArrayComm = Staged
 world = mpinn.world()
 fail = os.environ.get("MPINN_TEST_FAIL", "")
 
@@ -141,6 +151,20 @@ def test_ps_with_one_worker_trains_the_single_process_model(tmp_path, alone, str
             np.testing.assert_array_equal(mine, theirs)
     assert all(record in stdout for record in records), stdout
     assert stdout.count("Epoch 3/3") == 1
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("strategy", ["ps", "ps-overlap", "ps-push-every-2"])
+def test_a_worker_sends_and_receives_the_models_own_buffers_as_copies_would(tmp_path,
+                                                                          strategy):
+    """Where MPI reads the model's arrays a worker copies nothing: in lock step it sends
+    its gradient and receives the parameters where the model keeps them, overlapped it
+    swaps spare buffers in. With one worker training is deterministic, and must give the
+    bits it gives when every message passes through host copies."""
+    direct, _ = train(tmp_path, 2, strategy)
+    staged, _ = train(tmp_path, 2, strategy, env={"MPINN_TEST_STAGED": "1"})
+    for mine, theirs in zip(direct[1], staged[1], strict=True):
+        np.testing.assert_array_equal(mine, theirs)
 
 
 @pytest.mark.timeout(120)
