@@ -261,10 +261,12 @@ class SharedMemory:
         """Whether `rank` shares this rank's node (and its memory)."""
         return rank in self.node_ranks
 
-    def of(self, rank: int) -> memoryview:
-        """The memory of `rank`, a rank of this node (itself included)."""
+    def array(self, rank: int, shape, dtype) -> np.ndarray:
+        """The memory of `rank`, a rank of this node (itself included), as an array (its
+        start: MPI may round the memory up)."""
         memory, _ = self.window.Shared_query(self.node_ranks[rank])
-        return memoryview(memory)
+        count = int(np.prod(shape))
+        return np.frombuffer(memory, dtype=dtype, count=count).reshape(shape)
 
     def sync(self) -> None:
         self.window.Sync()
@@ -349,6 +351,10 @@ def world() -> Comm:
 
 
 def _connect() -> Comm:
+    # mpinn's windows are node-local shared memory (Open MPI's osc/sm); where UCX has no
+    # RMA transport (e.g. a workstation), osc/ucx prints an error on every rank as it
+    # declines each window. A setting of the user's own wins.
+    os.environ.setdefault("OMPI_MCA_osc", "^ucx")
     try:
         from mpi4py import MPI
     except Exception as exc:  # noqa: BLE001 - any failure to load MPI means: no MPI

@@ -7,12 +7,16 @@ apply updates. Messages are a small float64 header plus a slice of the flat buff
 the strategy's own (duplicated) communicator.
 
 Modes:
-- `sync`: per step one Allreduce sums the workers' gradients (each its share of the global
-  batch; the servers add zeros), each server steps its slice and one Bcast per slice
-  returns it: O(S) bytes through each server instead of O(S N). The result equals
-  `allreduce` over the workers, up to float rounding (bit for bit with one worker). An
-  Allreduce, not a Reduce to the servers: the same bytes in the bandwidth term, and MPICH
-  5 reduces 23 MB on 2 ranks in 22 ms but allreduces it in 5 (Open MPI: 10 and 10).
+- `sync`: per step the workers' gradients (each its share of the global batch) are
+  summed on the servers, which step their slices. With every rank on one node and host
+  arrays, in MPI shared memory: the parameters live once (every rank's model trains on
+  them), each worker's gradient lives where the servers read it, and a step is two tiny
+  Allreduces as barriers with the sums and updates between them, in place. Else one
+  Allreduce sums the gradients (the servers add zeros) and one Bcast per slice returns
+  the parameters: O(S) bytes through each server instead of O(S N); an Allreduce, not a
+  Reduce to the servers, since MPICH 5 reduces 23 MB on 2 ranks in 22 ms but allreduces
+  it in 5 (Open MPI: 10 and 10). Either way the result equals `allreduce` over the
+  workers up to float rounding (bit for bit with one worker).
 - `async`: every push is applied as it arrives (each worker's shard of a global batch is
   one update). With `staleness = s` a worker may be at most s pushes ahead of the slowest
   worker (s = 0 moves in lock step); without it there is no bound (Downpour-style).
@@ -123,10 +127,13 @@ class ParameterServerStrategy(Strategy):
         self.arrays.broadcast(model.params.data, root=0)
         self._needs_norm = model.optimizer.uses_global_norm
         self._in_flight = None  # a worker's push whose replies it has not taken
-        self.shared = None  # memory the servers write parameters into, on each node
-        if self.mode == "async" and self.arrays.direct and model.backend.device is None:
-            nbytes = 0 if self.serves else 2 * model.params.data.nbytes
-            self.shared = self.comm.shared_memory(nbytes)
+        self.shared = None  # MPI shared memory, where the model's arrays are host arrays
+        if self.arrays.direct and model.backend.device is None:
+            if self.mode == "async":  # on each node: the workers' parameters, in halves
+                self.shared = self.comm.shared_memory(
+                    0 if self.serves else 2 * model.params.data.nbytes)
+            elif self.comm.local_size == self.size:  # one node: see _share_the_model
+                self._share_the_model(model)
         if self.serves:
             start, stop = self.bounds[self.rank]
             self.part = model.params.part(start, stop)
@@ -145,13 +152,36 @@ class ParameterServerStrategy(Strategy):
                 self._sum = model.backend.xp.empty_like(model.params.grad)
         self._share_versions()
 
+    def _share_the_model(self, model):
+        """sync on one node: the parameters live once, in rank 0's shared memory, and every
+        rank's model trains on them; each worker's gradient lives in its own. A step is
+        then two tiny Allreduces (the barriers of _exchange_shared) with the servers'
+        sums and updates between them, in place: nothing is copied or sent."""
+        nbytes = model.params.data.nbytes if self.rank == 0 or not self.serves else 0
+        self.shared = self.comm.shared_memory(nbytes)
+        size, dtype = model.params.size, model.params.data.dtype
+        parameters = self.shared.array(0, size, dtype)
+        if self.rank == 0:
+            parameters[...] = model.params.data
+        if not self.serves:
+            model.swap_buffers(grad=self.shared.array(self.rank, size, dtype))
+        self._barrier()
+        model.swap_buffers(data=parameters)
+        self._gradients = [self.shared.array(worker, size, dtype)
+                           for worker in range(self.servers, self.size)]
+
+    def _barrier(self):
+        """Every rank's writes to shared memory so far are seen by all from here on."""
+        self.shared.sync()
+        self.comm.allreduce_sum(np.zeros(1))
+        self.shared.sync()
+
     def _halves(self, model, worker: int):
         """The two parameter buffers of `worker` in shared memory, where this rank reaches
         them (None: it does not)."""
         if self.shared is None or not self.shared.near(worker):
             return None
-        flat = np.frombuffer(self.shared.of(worker), dtype=model.params.data.dtype)
-        return flat.reshape(2, model.params.size)
+        return self.shared.array(worker, (2, model.params.size), model.params.data.dtype)
 
     def train_shard(self, count):
         if self.serves:
@@ -180,8 +210,9 @@ class ParameterServerStrategy(Strategy):
             if self._in_flight is not None:
                 self._take_replies(model)
             self._pushed = 0
-        for server, (start, stop) in enumerate(self.bounds):
-            self.arrays.broadcast(model.params.data[start:stop], root=server)
+        if self.mode == "async" or self.shared is None:  # else all ranks hold one model
+            for server, (start, stop) in enumerate(self.bounds):
+                self.arrays.broadcast(model.params.data[start:stop], root=server)
         if self.serves:
             self._gather_optimizer(model)
         self._share_versions()
@@ -205,9 +236,8 @@ class ParameterServerStrategy(Strategy):
         record = self._record() if self.serves else {}
         found = self.comm.allgather_bytes(json.dumps(record).encode())
         self._records = [json.loads(text) for text in found[:self.servers]]
-        if self.shared is not None:
-            if not self.serves:  # the model keeps its parameters once the memory is gone
-                model.swap_buffers(data=model.params.data.copy())
+        if self.shared is not None:  # the model keeps its buffers once the memory is gone
+            model.swap_buffers(data=model.params.data.copy(), grad=model.params.grad.copy())
             self.shared.free()
             self.shared = None
 
@@ -272,6 +302,9 @@ class ParameterServerStrategy(Strategy):
     def _exchange_sync(self, model):
         """One step: one Allreduce sums the workers' gradients (the servers add zeros),
         each server steps its slice and broadcasts it."""
+        if self.shared is not None:
+            self._exchange_shared(model)
+            return
         grad, clock = model.params.grad, _Clock(self.seconds)
         self.arrays.allreduce_sum(grad)
         clock.lap("receive")
@@ -286,6 +319,32 @@ class ParameterServerStrategy(Strategy):
             self.arrays.broadcast(model.params.data[start:stop], root=server)
         if self.serves:
             grad[...] = 0  # the server's share of the next sum
+        clock.lap("reply")
+
+    def _exchange_shared(self, model):
+        """One step on one node: once every worker's gradient is written, each server sums
+        its slice of them (in the first worker's buffer, in worker order) and steps its
+        slice of the shared parameters in place; then every rank reads them."""
+        clock = _Clock(self.seconds)
+        self._barrier()
+        clock.lap("receive")
+        norm = None
+        if self.serves:
+            start, stop = self.bounds[self.rank]
+            total = self._gradients[0][start:stop]
+            for gradient in self._gradients[1:]:
+                total += gradient[start:stop]
+        if self.servers > 1 and self._needs_norm:
+            squares = np.array([float(np.vdot(total, total)) if self.serves else 0.0])
+            self.comm.allreduce_sum(squares)
+            norm = float(np.sqrt(squares[0]))
+        if self.serves:
+            self.optimizer.apply(self.part, grad=total, norm=norm)
+            self.version += 1
+            self.updates_by_worker.update(range(self.servers, self.size))
+            self.version_lags[0] += self.workers
+        clock.lap("optimizer")
+        self._barrier()
         clock.lap("reply")
 
     # ----------------------------------------------------------------------- server
