@@ -16,10 +16,11 @@ thread per rank); rank 0 reports.
 2. A worker's step time (forward and backward) at several batch sizes, and the model:
    a worker offers one update per `push_every` step times, so the servers saturate at
    capacity(S / k) x push_every x step time workers.
-3. Real training, one epoch per round, modes in turn (A B C D, D C B A, ...): async in lock
-   step (staleness 0), async overlapped (no bound), sync, and one process alone (the
-   other ranks wait) for the same global batch. Worker utilisation is the share of a
-   worker's epoch outside the strategy's push/pull.
+3. Real training, one epoch per round, modes in turn (A B C D, D C B A, ...): async in
+   lock step (staleness 0), async overlapped (no bound), sync, and one process alone (the
+   other ranks wait) for the same global batch. An epoch is timed from its start to its
+   end (a fit's setup and finish, paid once per run, fall outside). Worker utilisation is
+   the share of a worker's epoch outside the strategy's push/pull.
 """
 
 import argparse
@@ -31,6 +32,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+import mpinn
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -109,8 +112,22 @@ def step_seconds(comm, model, repeats: int) -> dict:
     return dict(zip(BATCHES, value.tolist(), strict=True))
 
 
+class EpochClock(mpinn.Callback):
+    """The seconds of the last epoch, from its start to its end (a fit's setup and
+    finish, paid once per run, fall outside)."""
+
+    seconds = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds = time.perf_counter() - self.started
+
+
 def training(comm, name: str, strategy_class, make_comm, repeats: int, servers: int) -> dict:
-    """Epoch seconds and worker utilisation per mode, in alternating order."""
+    """Epoch seconds (the slowest rank's) and worker utilisation per mode, in alternating
+    order, one fit of one epoch each; the fit's setup and finish are left out."""
     from mpi4py import MPI
 
     from mpinn.dist import LocalStrategy
@@ -128,23 +145,22 @@ def training(comm, name: str, strategy_class, make_comm, repeats: int, servers: 
     for round_ in range(repeats + 1):
         order = list(models) if round_ % 2 == 0 else list(reversed(models))
         for mode in order:
-            strategy = strategies.get(mode)
+            strategy, clock = strategies.get(mode), EpochClock()
             comm.Barrier()
-            started = time.perf_counter()
             if strategy is not None:
                 strategy.waiting = 0.0
                 models[mode].fit(x, y, batch_size=batch, epochs=1, verbose=0,
-                                 strategy=strategy)
+                                 strategy=strategy, callbacks=[clock])
             elif rank == comm.Get_size() - 1:
                 models[mode].fit(x, y, batch_size=batch, epochs=1, verbose=0,
-                                 strategy=LocalStrategy())
-            comm.Barrier()
-            elapsed = time.perf_counter() - started
+                                 strategy=LocalStrategy(), callbacks=[clock])
+            elapsed = np.array([clock.seconds])
+            comm.Allreduce(MPI.IN_PLACE, elapsed, op=MPI.MAX)
             if round_ == 0:
                 continue  # warm-up
-            seconds[mode].append(elapsed)
+            seconds[mode].append(elapsed[0])
             if strategy is not None:
-                share = np.array([0.0 if rank < servers else 1 - strategy.waiting / elapsed])
+                share = np.array([0.0 if rank < servers else 1 - strategy.waiting / elapsed[0]])
                 comm.Allreduce(MPI.IN_PLACE, share)
                 utilisation[mode].append(share[0] / workers)
     return {"epoch_seconds": {mode: statistics.median(s) for mode, s in seconds.items()},
