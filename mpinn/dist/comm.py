@@ -93,9 +93,11 @@ class Comm:
         """Until one of the active `requests` completes; returns its index."""
         raise NotImplementedError("point-to-point messages need an MPI world")
 
-    def shared_memory(self, nbytes: int) -> "SharedMemory":
+    def shared_memory(self, nbytes: int) -> "SharedMemory | None":
         """`nbytes` of memory of this rank's own that the ranks on its node read and write
-        directly; collective over all ranks (see SharedMemory)."""
+        directly; collective over all ranks (see SharedMemory). None on every rank where
+        some node's shared-memory filesystem lacks room for what its ranks ask (a
+        container's 64 MB /dev/shm): touching memory past that room kills the process."""
         raise NotImplementedError("shared memory between ranks needs an MPI world")
 
     def abort(self, code: int = 1) -> None:
@@ -229,6 +231,13 @@ class MPIComm(Comm):
 
     def shared_memory(self, nbytes):
         node = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED)
+        asked = np.array([float(nbytes)])
+        self._wait(node.Iallreduce(self.MPI.IN_PLACE, asked, op=self.MPI.SUM), "allreduce")
+        short = np.array([float(asked[0] * SHARED_MEMORY_MARGIN > _shared_memory_room())])
+        self.allreduce_max(short)
+        if short[0]:
+            node.Free()
+            return None
         info = self.MPI.Info.Create()
         info.Set("alloc_shared_noncontig", "true")  # each rank's pages its own, near it
         try:
@@ -246,6 +255,19 @@ class MPIComm(Comm):
         time.sleep(OUTPUT_SECONDS)  # the launcher forwards what was printed before it kills
         self.MPI.COMM_WORLD.Abort(code)
         os._exit(code)  # MPI_Abort may return once it has told the launcher
+
+
+SHARED_MEMORY = "/dev/shm"  # where MPICH and Open MPI keep a node's shared memory
+SHARED_MEMORY_MARGIN = 1.25  # room left for MPI's own segments
+
+
+def _shared_memory_room() -> int:
+    """Bytes free in the node's shared-memory filesystem (0 where there is none)."""
+    try:
+        found = os.statvfs(SHARED_MEMORY)
+    except OSError:
+        return 0
+    return found.f_bavail * found.f_frsize
 
 
 class SharedMemory:

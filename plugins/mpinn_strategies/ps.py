@@ -8,15 +8,15 @@ the strategy's own (duplicated) communicator.
 
 Modes:
 - `sync`: per step the workers' gradients (each its share of the global batch) are
-  summed on the servers, which step their slices. With every rank on one node and host
-  arrays, in MPI shared memory: the parameters live once (every rank's model trains on
-  them), each worker's gradient lives where the servers read it, and a step is two tiny
-  Allreduces as barriers with the sums and updates between them, in place. Else one
-  Allreduce sums the gradients (the servers add zeros) and one Bcast per slice returns
-  the parameters: O(S) bytes through each server instead of O(S N); an Allreduce, not a
-  Reduce to the servers, since MPICH 5 reduces 23 MB on 2 ranks in 22 ms but allreduces
-  it in 5 (Open MPI: 10 and 10). Either way the result equals `allreduce` over the
-  workers up to float rounding (bit for bit with one worker).
+  summed on the servers, which step their slices. With every rank on one node, host
+  arrays and room in /dev/shm, in MPI shared memory: the parameters live once (every
+  rank's model trains on them), each worker's gradient lives where the servers read it,
+  and a step is two tiny Allreduces as barriers with the sums and updates between them,
+  in place. Else one Allreduce sums the gradients (the servers add zeros) and one Bcast
+  per slice returns the parameters: O(S) bytes through each server instead of O(S N);
+  an Allreduce, not a Reduce to the servers, since MPICH 5 reduces 23 MB on 2 ranks in
+  22 ms but allreduces it in 5 (Open MPI: 10 and 10). Either way the result equals
+  `allreduce` over the workers up to float rounding (bit for bit with one worker).
 - `async`: every push is applied as it arrives (each worker's shard of a global batch is
   one update). With `staleness = s` a worker may be at most s pushes ahead of the slowest
   worker (s = 0 moves in lock step); without it there is no bound (Downpour-style).
@@ -36,7 +36,8 @@ Async, at speed:
 - a server never blocks on one worker: a receive is posted for every worker at once (no
   any-source receive), the first push to arrive is applied, and its reply goes out
   without waiting for the worker to take it. A worker on the server's node keeps its
-  parameters (host arrays) in two halves of MPI shared memory: the server copies its
+  parameters (host arrays) in two halves of MPI shared memory, where every node's
+  /dev/shm has room for them (see Comm.shared_memory): the server copies its
   slice straight into the half the push named spare (one copy, the server's; the worker
   copies nothing), then sends the header. A worker elsewhere gets a message sent from a
   snapshot of the slice kept for it. A worker's buffers are reused only once it has
@@ -159,6 +160,8 @@ class ParameterServerStrategy(Strategy):
         sums and updates between them, in place: nothing is copied or sent."""
         nbytes = model.params.data.nbytes if self.rank == 0 or not self.serves else 0
         self.shared = self.comm.shared_memory(nbytes)
+        if self.shared is None:  # no room on some node: by messages
+            return
         size, dtype = model.params.size, model.params.data.dtype
         parameters = self.shared.array(0, size, dtype)
         if self.rank == 0:

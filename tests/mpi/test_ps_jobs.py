@@ -2,12 +2,16 @@
 `servers = k`) on 3 and 4 ranks."""
 
 import json
+import os
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
 
 from mpinn import checkpoint
 
+from .conftest import MPIEXEC, MPINN
 from .test_allreduce_jobs import SMALL_JOB
 
 
@@ -120,6 +124,31 @@ def test_a_bad_ps_setting_is_one_line_from_rank_0(launch, setting, message):
     run = launch(3, "train", "--set", "strategy.name='ps'", *sets)
     assert run.returncode == 2
     assert run.stderr.strip() == f"mpinn: error: default job: [strategy] ('ps'): {message}"
+
+
+WIDE = ('model.layers=[{type="dense", units=16384, activation="relu"}, '
+        '{type="dense", units=10, activation="softmax"}]')  # 1.2 M parameters: 4.7 MB
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare(1) to mount a small /dev/shm")
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_node_short_of_shared_memory_trains_by_messages(tmp_path, mode):
+    """A container's /dev/shm is often 64 MB. Here 8 MB, where two workers' parameters in
+    shared memory would take 19 MB (touching memory past the room kills the process):
+    the ranks see it before allocating and exchange by messages instead."""
+    if MPIEXEC is None or MPINN is None:
+        pytest.skip("mpiexec or the mpinn command is not installed")
+    train = [MPIEXEC, "-n", "3", MPINN, "train", "-q", "--set", "strategy.name=ps", "--set",
+             f"strategy.mode={mode}", "--set", "training.epochs=2", "--set", WIDE]
+    script = 'mount -t tmpfs -o size=8M tmpfs /dev/shm && exec "$@"'
+    run = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", *train], cwd=tmp_path,
+                         env={**os.environ, "OPENBLAS_NUM_THREADS": "1"}, capture_output=True,
+                         text=True, timeout=100)
+    assert run.returncode == 0, run.stderr
+    *epochs, report = records(tmp_path / "runs/digits")
+    assert len(epochs) == 2 and report["mode"] == mode
 
 
 @pytest.mark.timeout(60)
