@@ -198,11 +198,13 @@ class SlurmNodes:
     def start_requeued(self, job_id: int, timeout: float = 60) -> None:
         """Start a requeued job now, not after Slurm's requeue delay (AuthInfo's
         cred_expire, 120 s): the new start time is set once the job pends on it, as one set
-        while the old run still completes is overwritten."""
+        while the old run still completes is overwritten. Until then the state may still be
+        the first run's end (FAILED, exit 138) though Restarts has risen: the new run
+        cannot have started before its begin time, so that is waited through."""
         deadline = time.monotonic() + timeout
         while (state := self.job(job_id)).get("Reason") != "BeginTime":
-            if state.get("JobState") not in ("COMPLETING", "REQUEUED", "PENDING"):
-                return  # already started, or ended
+            if state.get("JobState") == "RUNNING":
+                return  # already started
             assert time.monotonic() < deadline, f"job {job_id} was not requeued: {state}"
             time.sleep(0.2)
         self.run("scontrol", "update", f"jobid={job_id}", "starttime=now")
