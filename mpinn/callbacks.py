@@ -192,6 +192,26 @@ def json_line(record: dict) -> str:
     return json.dumps(finite, allow_nan=False) + "\n"
 
 
+def due_mid_epoch(model, batch: int, every_steps: int, steps_per_epoch: int) -> bool:
+    """Whether a checkpoint is due after `batch` of an epoch (not its last batch: the
+    epoch's end has its own) with one every `every_steps` optimizer steps."""
+    return bool(every_steps and model.optimizer.iterations % every_steps == 0
+                and batch + 1 < steps_per_epoch)
+
+
+class GatherStrategyState(Callback):
+    """On every rank, before rank 0's ModelCheckpoint writes mid-epoch: the strategy
+    gathers every rank's own state for that checkpoint (Strategy.gather_state)."""
+
+    def __init__(self, strategy, every_steps: int, steps_per_epoch: int):
+        self.strategy, self.every_steps = strategy, every_steps
+        self.steps_per_epoch = steps_per_epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if due_mid_epoch(self.model, batch, self.every_steps, self.steps_per_epoch):
+            self.strategy.gather_state(self.model)
+
+
 class ModelCheckpoint(Callback):
     """Writes a checkpoint every `every_epochs` epochs and/or `every_steps` optimizer
     steps, and at the end of training; keeps the newest `keep` (rank 0 only).
@@ -200,15 +220,17 @@ class ModelCheckpoint(Callback):
     is handed to it (so that every rank can stop together); the previous checkpoint
     stays. No checkpoint is written after a step or epoch whose loss is NaN or Inf.
     `last` is the newest checkpoint written, at first the one the run resumed from.
-    `attrs` (config, world_size, strategy, run_id) go to `checkpoint.save`."""
+    `attrs` (config, world_size, strategy, run_id) go to `checkpoint.save`, with the
+    strategy's own tensors from `strategy_state(model)` (Strategy.checkpoint_state)."""
 
     def __init__(self, directory, every_epochs: int = 1, every_steps: int = 0,
                  keep: int = 3, steps_per_epoch: int = 0, on_error=None, last=None,
-                 **attrs):
+                 strategy_state=None, **attrs):
         self.directory = Path(directory)
         self.every_epochs, self.every_steps, self.keep = every_epochs, every_steps, keep
         self.steps_per_epoch, self.attrs = steps_per_epoch, attrs
         self.on_error = on_error
+        self.strategy_state = strategy_state or (lambda model: {})
         self.written = None  # optimizer step of the last checkpoint
         self.epoch = 0
         self.last: Path | None = last
@@ -222,9 +244,7 @@ class ModelCheckpoint(Callback):
         self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        iterations = self.model.optimizer.iterations
-        last_of_epoch = batch + 1 >= self.steps_per_epoch
-        if (self.every_steps and iterations % self.every_steps == 0 and not last_of_epoch
+        if (due_mid_epoch(self.model, batch, self.every_steps, self.steps_per_epoch)
                 and math.isfinite(logs["loss"] if logs is not None else 0.0)):
             self.write(self.epoch, batch + 1)
 
@@ -247,7 +267,8 @@ class ModelCheckpoint(Callback):
         attrs = self.attrs if "config" in self.attrs else {
             **self.attrs, "config": model_job_text(self.model)}  # so load_model can rebuild it
         try:
-            checkpoint.save(path, self.model, epoch=epoch, step=step, history=history, **attrs)
+            checkpoint.save(path, self.model, epoch=epoch, step=step, history=history,
+                            strategy_state=self.strategy_state(self.model), **attrs)
             self.written, self.last = iterations, path
             try:
                 checkpoint.prune(self.directory, self.keep, written=path)

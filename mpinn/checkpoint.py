@@ -11,6 +11,8 @@ Layout (readable with plain h5py or h5dump):
     /data                     attrs: epoch, step (global batches done in that epoch), seed
     /rng                      attrs: one JSON text per Dropout layer (generator state)
     /history/<metric>         per-epoch values
+    /strategy/<name>          the strategy's own state, where it keeps one (optional; e.g.
+                              local_sgd's per-rank parameters, one row per rank)
 
 Written atomically: a temporary file in the same directory, flush and fsync, os.replace,
 fsync of the directory. Tensors holding NaN or Inf are never written (NonFiniteError), and
@@ -50,6 +52,7 @@ LAYOUT = {
     "data": (0, "attributes only"),
     "rng": (0, "attributes only"),
     "history": (2, "history/<metric>"),
+    "strategy": (2, "strategy/<name>"),
 }
 REQUIRED_GROUPS = ("params", "data", "rng", "history")
 COUNT_LIMIT = 2**53  # epochs, steps and ranks stay exact as floats too
@@ -108,6 +111,13 @@ class Checkpoint:
                 else:
                     to_backend(dataset[()], target)
 
+    def strategy_tensor(self, name: str, row: "int | None" = None) -> np.ndarray:
+        """The strategy's tensor `name` (see save's `strategy_state`), or its row `row`
+        alone, checksums verified."""
+        with _opened(self.path, self.stamp) as file:
+            dataset = file[f"strategy/{name}"]
+            return dataset[()] if row is None else dataset[row]
+
     def verify(self) -> int:
         """Read every tensor once, so that a damaged one (a bad checksum, NaN or Inf) raises
         DataError now; returns how many were read."""
@@ -123,16 +133,21 @@ class Checkpoint:
 
 
 def _described(group: str) -> str:
-    """ "parameters", or "optimizer state adam/grad_sum", for messages."""
-    return ("parameters" if group == "params"
-            else f"optimizer state {group.removeprefix('optimizer/')}")
+    """ "parameters", "optimizer state adam/grad_sum" or "strategy state", for messages."""
+    if group == "params":
+        return "parameters"
+    if group == "strategy":
+        return "strategy state"
+    return f"optimizer state {group.removeprefix('optimizer/')}"
 
 
 # -------------------------------------------------------------------------- writing
 def save(path, model, *, epoch: int = 0, step: int = 0, history=None, config: str = "",
-         world_size: int = 1, strategy: str = "local", run_id: "str | None" = None) -> Path:
+         world_size: int = 1, strategy: str = "local", run_id: "str | None" = None,
+         strategy_state: "dict | None" = None) -> Path:
     """Write `model` (parameters, optimizer state, RNG states), the run's position and,
-    when given, the run's id.
+    when given, the run's id and the strategy's own tensors (`strategy_state`: name ->
+    host or backend array in the model's dtype; a 2-D one is stored a row per chunk).
 
     NaN or Inf in a tensor raises NonFiniteError before anything is written; a failed
     write raises StorageError. Either way the previous file at `path` is untouched and
@@ -141,7 +156,8 @@ def save(path, model, *, epoch: int = 0, step: int = 0, history=None, config: st
     if run_id is not None and not _is_run_id(run_id):
         raise ValueError(f"run_id must be printable text of 1 to {RUN_ID_LIMIT} characters; "
                          f"received: run_id={run_id!r}")
-    _check_finite(path, model)
+    strategy_state = strategy_state or {}
+    _check_finite(path, model, strategy_state)
     iterations = model.optimizer.iterations if model.optimizer else 0
     attrs = {"format": FORMAT, "format_version": FORMAT_VERSION, "mpinn_version": __version__,
              "epoch": epoch, "step": step, "iterations": iterations,
@@ -151,7 +167,7 @@ def save(path, model, *, epoch: int = 0, step: int = 0, history=None, config: st
         attrs["run_id"] = run_id
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        _write(temporary, model, attrs, history or {})
+        _write(temporary, model, attrs, history or {}, strategy_state)
         os.replace(temporary, path)
         _fsync_directory(path.parent)
     except (OSError, RuntimeError) as exc:  # h5py reports some failed writes as RuntimeError
@@ -166,7 +182,7 @@ def save(path, model, *, epoch: int = 0, step: int = 0, history=None, config: st
     return path
 
 
-def _check_finite(path: Path, model) -> None:
+def _check_finite(path: Path, model, strategy_state: dict) -> None:
     """NonFiniteError naming the first tensor that holds NaN or Inf: one pass over each
     buffer, and a search by tensor only when that pass finds something."""
     buffers = {"parameters": model.params.data}
@@ -180,6 +196,10 @@ def _check_finite(path: Path, model) -> None:
             kind = _non_finite(model.backend.to_numpy(tensor))
             if kind:
                 raise NonFiniteError(f"cannot write {path}: {what} {name} holds {kind}")
+    for name, value in sorted(strategy_state.items()):
+        kind = _non_finite(model.backend.to_numpy(value))
+        if kind:
+            raise NonFiniteError(f"cannot write {path}: strategy state {name} holds {kind}")
 
 
 def _surely_finite(array) -> bool:
@@ -198,7 +218,7 @@ def _non_finite(values: np.ndarray) -> "str | None":
     return "Inf" if np.isinf(values).any() else None  # None: the squares merely overflowed
 
 
-def _write(temporary: Path, model, attrs: dict, history: dict) -> None:
+def _write(temporary: Path, model, attrs: dict, history: dict, strategy_state: dict) -> None:
     to_host = model.backend.to_numpy
     # no chunk cache: each tensor reaches the file as it is written, so a full disk is
     # reported there and not when h5py closes a dataset (where it can only print it)
@@ -218,6 +238,8 @@ def _write(temporary: Path, model, attrs: dict, history: dict) -> None:
         group = file.create_group("history")
         for metric, values in history.items():
             group.create_dataset(metric, data=np.asarray(values, np.float64), fletcher32=True)
+        if strategy_state:
+            _write_tensors(file.create_group("strategy"), strategy_state, to_host)
         file.flush()
         os.fsync(file.id.get_vfd_handle())
 
@@ -225,8 +247,10 @@ def _write(temporary: Path, model, attrs: dict, history: dict) -> None:
 def _write_tensors(group, named: dict, to_host) -> None:
     for name, value in sorted(named.items()):
         value = to_host(value)
-        # one chunk per tensor (HDF5 allows up to 4 GiB): checksummed in one piece
-        chunks = value.shape if 0 < value.nbytes < 2**32 else True
+        # one chunk per tensor (HDF5 allows up to 4 GiB), or per row of a per-rank one
+        # (each rank reads its own): checksummed in one piece
+        piece = value.shape if value.ndim < 2 else (1, *value.shape[1:])
+        chunks = piece if 0 < math.prod(piece) * value.itemsize < 2**32 else True
         group.create_dataset(name, data=value, fletcher32=True, chunks=chunks)
 
 
@@ -439,7 +463,7 @@ def _shapes(datasets: dict) -> dict[str, dict[str, tuple]]:
     for name, dataset in datasets.items():
         parts = name.split("/")
         if parts[0] != "history":
-            cut = 1 if parts[0] == "params" else 3  # optimizer/<transform>/<slot>
+            cut = 3 if parts[0] == "optimizer" else 1  # optimizer/<transform>/<slot>
             shapes.setdefault("/".join(parts[:cut]), {})["/".join(parts[cut:])] = dataset.shape
     return shapes
 

@@ -16,7 +16,14 @@ import numpy as np
 from . import checkpoint
 from .agreement import SetupFailed, agree, fingerprint
 from .building import build_model, completed, load_backend, load_data, load_strategy, stored
-from .callbacks import Callback, History, MetricsLog, ModelCheckpoint, ProgressLogger
+from .callbacks import (
+    Callback,
+    GatherStrategyState,
+    History,
+    MetricsLog,
+    ModelCheckpoint,
+    ProgressLogger,
+)
 from .config import Job, differences, load_job
 from .dist.comm import Comm, world
 from .dist.watchdog import StalledStop
@@ -131,6 +138,7 @@ def prepare(job: Job, comm: Comm, resume: "str | None" = None, on_skip=None,
     if prepared.resumed is not None:
         prepared.changed = _changes(job, prepared.resumed, resume)
         checkpoint.restore(model, prepared.resumed)
+        strategy.restore_state(prepared.resumed)
     if comm.rank == 0:
         comm.before_abort.append(prepared.release)
         try:
@@ -234,6 +242,8 @@ def train(prepared: Prepared, progress: str = "auto", requests: "StopRequests | 
     batch_size, epochs = job["training.batch_size"], job["training.epochs"]
     samples = len(prepared.train[0])
     steps = -(-samples // batch_size)
+    if job["checkpoint.every_steps"]:  # before rank 0's ModelCheckpoint
+        hooks.append(GatherStrategyState(strategy, job["checkpoint.every_steps"], steps))
     if strategy.rank == 0:
         prepared.log = MetricsLog(prepared.metrics_log, samples, extras,
                                   run_id=prepared.run_id, world_size=strategy.size)
@@ -246,7 +256,7 @@ def train(prepared: Prepared, progress: str = "auto", requests: "StopRequests | 
             job["checkpoint.every_steps"], job["checkpoint.keep"], steps_per_epoch=ticks,
             on_error=requests.fail, last=prepared.resumed and prepared.resumed.path,
             config=job.text, world_size=strategy.size, strategy=strategy.name,
-            run_id=prepared.run_id)
+            run_id=prepared.run_id, strategy_state=strategy.checkpoint_state)
         hooks.append(prepared.saver)
     # last: an epoch's records are written before a stop
     hooks.append(StopAtStepBoundary(requests, strategy.comm, strategy.lockstep, steps,
@@ -258,6 +268,7 @@ def train(prepared: Prepared, progress: str = "auto", requests: "StopRequests | 
                              shuffle=job["training.shuffle"], initial_epoch=epoch,
                              initial_step=step, strategy=strategy)
     except Stopped as stop:
+        strategy.gather_state(model)  # on every rank, for rank 0's checkpoint
         saver = prepared.saver
         if saver is not None and saver.written != model.optimizer.iterations:
             saver.write(stop.epoch, stop.step)
@@ -543,7 +554,8 @@ def _save_final(prepared: Prepared, history: dict, epochs: int,
     try:
         checkpoint.save(prepared.run_directory / "final.h5", prepared.model, epoch=epochs,
                         history=history, config=prepared.job.text, world_size=strategy.size,
-                        strategy=strategy.name, run_id=prepared.run_id)
+                        strategy=strategy.name, run_id=prepared.run_id,
+                        strategy_state=strategy.checkpoint_state(prepared.model))
     except MpinnError as error:
         requests.fail(error)
 

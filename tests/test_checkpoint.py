@@ -256,7 +256,7 @@ REFUSALS = {
     "virtual": (virtual, "refused: params/dense_1/extra is a virtual dataset"),
     "extra-group": (lambda file: file.create_group("extra"),
                     "refused: /extra is not part of an mpinn checkpoint (it holds /params, "
-                    "/optimizer, /data, /rng, /history)"),
+                    "/optimizer, /data, /rng, /history, /strategy)"),
     "tensor-too-high": (added("params/loose", **checksummed(np.zeros(3, F4))),
                         "refused: params/loose is a dataset where mpinn writes "
                         "params/<layer>/<name>"),
@@ -268,6 +268,11 @@ REFUSALS = {
                            "optimizer/<transform>/<slot>/<layer>/<name>"),
     "dataset-in-data": (added("data/epoch", **checksummed(np.zeros(1))),
                         "refused: data/epoch is inside /data, which holds attributes only"),
+    "strategy-too-deep": (added("strategy/outer/anchor", **checksummed(np.zeros(3, F4))),
+                          "refused: strategy/outer is a group where mpinn writes "
+                          "strategy/<name>"),
+    "strategy-other-float": (added("strategy/residual", **checksummed(np.zeros(3))),
+                             "refused: strategy/residual is float64, the checkpoint's dtype"),
     "group-in-rng": (lambda file: file.create_group("rng/dropout_0"),
                      "refused: rng/dropout_0 is inside /rng, which holds attributes only"),
     "named-datatype": (linked("params/dense_0/type", np.dtype("f4")),
@@ -527,6 +532,25 @@ def test_load_model_refuses_a_stored_job_larger_than_its_tensors(tmp_path, good_
 
 
 # ------------------------------------------------------------------------- writing
+def test_a_strategys_tensors_round_trip_and_each_rank_reads_its_row(tmp_path):
+    model = small_model()
+    model.build(64)
+    rows = np.arange(3 * 5, dtype=np.float32).reshape(3, 5)
+    path = checkpoint.save(tmp_path / "ckpt.h5", model, world_size=3,
+                           strategy_state={"residual_by_rank": rows,
+                                           "momentum": np.ones(4, np.float32)})
+    found = checkpoint.read(path)
+    assert found.shapes["strategy"] == {"residual_by_rank": (3, 5), "momentum": (4,)}
+    assert found.verify() == 2 + 4 + 2 * 4  # strategy, params, adam's two slots
+    np.testing.assert_array_equal(found.strategy_tensor("residual_by_rank", row=1), rows[1])
+    np.testing.assert_array_equal(found.strategy_tensor("momentum"), np.ones(4))
+    with h5py.File(path) as file:
+        assert file["strategy/residual_by_rank"].chunks == (1, 5)  # a rank reads its own
+    with pytest.raises(NonFiniteError, match="strategy state momentum holds NaN"):
+        checkpoint.save(path, model, strategy_state={"momentum": np.full(4, np.nan, "f4")})
+    assert checkpoint.read(path).shapes["strategy"]["momentum"] == (4,)  # left as it was
+
+
 def test_non_finite_tensors_are_never_written(tmp_path):
     path = tmp_path / "ckpt.h5"
     model = small_model()

@@ -16,13 +16,30 @@ class ArrayComm:
         self.comm, self.backend = comm, backend
         self.direct = backend.device is None or comm.reaches(backend.device)
         self._host_buffers: dict = {}
+        self.payload_bytes = 0  # of the arrays this rank handed to collectives
 
     def allreduce_sum(self, array) -> None:
+        self.payload_bytes += array.nbytes
         buffer = self._outgoing(array)
         self.comm.allreduce_sum(buffer)
         self._arrived(buffer, array)
 
+    def alltoall(self, send, receive) -> None:
+        """Comm.alltoall on arrays of the backend."""
+        self.payload_bytes += send.nbytes
+        incoming = self._incoming(receive, role="receive")
+        self.comm.alltoall(self._outgoing(send), incoming)
+        self._arrived(incoming, receive)
+
+    def allgather(self, array) -> None:
+        """Comm.allgather (in place) on an array of the backend."""
+        self.payload_bytes += array.nbytes // self.comm.size
+        buffer = self._outgoing(array)
+        self.comm.allgather(buffer)
+        self._arrived(buffer, array)
+
     def broadcast(self, array, root: int = 0) -> None:
+        self.payload_bytes += array.nbytes if self.comm.rank == root else 0
         if self.comm.rank == root:
             self.comm.broadcast(self._outgoing(array), root=root)
         else:
@@ -78,10 +95,11 @@ class ArrayComm:
         else:
             self.backend.from_host(buffer, out=array)
 
-    def _incoming(self, array):
-        """A buffer MPI may write for `array`, once nothing queued still uses `array`."""
+    def _incoming(self, array, role: str = ""):
+        """A buffer MPI may write for `array`, once nothing queued still uses `array`
+        (host buffers are shared by size and dtype, and `role`)."""
         self.backend.synchronize()
-        return array if self.direct else self._host_buffer(array)
+        return array if self.direct else self._host_buffer(array, role)
 
     def _outgoing(self, array):
         """A buffer holding `array`'s values, for MPI to read."""
@@ -94,8 +112,8 @@ class ArrayComm:
         if buffer is not array:
             self.backend.from_host(buffer, out=array)
 
-    def _host_buffer(self, array):
-        key = (array.size, str(array.dtype))
+    def _host_buffer(self, array, role: str = ""):
+        key = (array.size, str(array.dtype), role)
         if key not in self._host_buffers:
             self._host_buffers[key] = self.backend.host_empty(array.size, array.dtype)
         return self._host_buffers[key].reshape(array.shape)

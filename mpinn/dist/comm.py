@@ -73,6 +73,20 @@ class Comm:
         """Every rank's `data`, in rank order."""
         return [data]
 
+    def alltoall(self, send, receive) -> None:
+        """Block r of `send` (cut into `size` equal blocks) to rank r; block r of `receive`
+        from rank r."""
+        receive.reshape(-1)[...] = send.reshape(-1)
+
+    def allgather(self, buffer) -> None:
+        """In place: every rank's block of `buffer` (cut into `size` equal blocks; rank r
+        holds block r) to every rank."""
+
+    def gather(self, buffer: np.ndarray, root: int = 0) -> "np.ndarray | None":
+        """Every rank's host `buffer` (same shape everywhere) as the rows of a new array
+        on `root`; None elsewhere."""
+        return buffer[np.newaxis].copy()
+
     def collect_status(self) -> None:
         """Read the watchdog's status messages that arrived (keeps MPI's queue short)."""
 
@@ -213,6 +227,17 @@ class MPIComm(Comm):
                    "allgather")
         return [gathered[start:start + size].tobytes()
                 for start, size in zip(offsets, sizes, strict=True)]
+
+    def alltoall(self, send, receive):
+        self._wait(self.comm.Ialltoall(send, receive), "alltoall")
+
+    def allgather(self, buffer):
+        self._wait(self.comm.Iallgather(self.MPI.IN_PLACE, buffer), "allgather")
+
+    def gather(self, buffer, root=0):
+        rows = np.empty((self.size, *buffer.shape), buffer.dtype) if self.rank == root else None
+        self._wait(self.comm.Igather(np.ascontiguousarray(buffer), rows, root=root), "gather")
+        return rows
 
     def isend(self, buffer, dest, tag):
         return self.comm.Isend(buffer, dest=dest, tag=tag)

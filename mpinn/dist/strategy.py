@@ -108,6 +108,39 @@ class Strategy:
         """Sum per-rank totals (sample counts, loss and metric sums) over all ranks."""
         return sums(self.comm, values)
 
+    def rank_state(self, model) -> dict:
+        """This rank's own tensors that a checkpoint written mid-epoch needs (name ->
+        array), where the ranks' differ; the same names on every rank. None by default."""
+        return {}
+
+    def shared_state(self, model) -> dict:
+        """Tensors equal on every rank that a checkpoint needs (rank 0's are written)."""
+        return {}
+
+    def gather_state(self, model) -> None:
+        """On every rank before a checkpoint mid-epoch (a stop, `every_steps`): every
+        rank's rank_state as rows (`<name>_by_rank`), gathered on rank 0."""
+        self._gathered = {}
+        for name, array in sorted(self.rank_state(model).items()):
+            rows = self.comm.gather(model.backend.to_numpy(array))
+            if rows is not None:
+                self._gathered[f"{name}_by_rank"] = rows
+        self._gathered_at = model.optimizer.iterations
+
+    _gathered: dict = {}
+    _gathered_at = -1
+
+    def checkpoint_state(self, model) -> dict:
+        """Rank 0, as it writes a checkpoint: the strategy's own tensors, stored under
+        /strategy and given back by restore_state: shared_state, and the rows gathered
+        at this very step."""
+        fresh = self._gathered if self._gathered_at == model.optimizer.iterations else {}
+        return {**self.shared_state(model), **fresh}
+
+    def restore_state(self, found) -> None:
+        """Before fit, on every rank, when resuming from the checkpoint `found` (any
+        strategy's, any world size): take what this strategy needs of it."""
+
     def finish(self, model) -> None:
         """After the last epoch."""
 

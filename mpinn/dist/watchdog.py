@@ -43,7 +43,7 @@ FOLLOWER_DELAY_SECONDS = 5.0  # how long the silent waiting ranks give the repor
 CHECKPOINT_SECONDS = 60.0  # how long the others give a waiting rank 0 to checkpoint
 STATUS_TAG = 1
 BEAT, WAITING, RESUMED = 0, 1, 2
-OPERATIONS = ("allreduce", "broadcast", "send", "receive", "allgather")
+OPERATIONS = ("allreduce", "broadcast", "send", "receive", "allgather", "gather", "alltoall")
 
 
 class StalledStop(Exception):

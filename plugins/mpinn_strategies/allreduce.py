@@ -1,22 +1,69 @@
 """Synchronous data parallelism: every rank trains its shard of each global batch, the
 gradients are averaged with one Allreduce on the flat gradient buffer, and every rank
-applies the same optimizer step, so all ranks hold the same parameters throughout."""
+applies the same optimizer step, so all ranks hold the same parameters throughout.
+
+`compression` puts fewer bytes on the wire, with error feedback (compression.py):
+"float16" or "bfloat16" (half the bytes), or "powersgd" (Dense kernels as rank-r
+products, `powersgd_rank`)."""
 
 from mpinn.dist import Strategy
+from mpinn.errors import ConfigError, choose
+
+from .compression import HalfPrecision, PowerSGD
+
+COMPRESSIONS = ("none", "float16", "bfloat16", "powersgd")
 
 
 class AllreduceStrategy(Strategy):
     name = "allreduce"
 
+    def __init__(self, comm, compression: str = "none", powersgd_rank: "int | None" = None):
+        super().__init__(comm)
+        choose("allreduce compression", compression, COMPRESSIONS)
+        if powersgd_rank is not None and compression != "powersgd":
+            raise ConfigError("allreduce: powersgd_rank applies to compression 'powersgd' "
+                              f"only; received: compression={compression!r}")
+        rank = 4 if powersgd_rank is None else powersgd_rank
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ConfigError("allreduce: powersgd_rank must be a whole number of at least 1; "
+                              f"received: powersgd_rank={powersgd_rank!r}")
+        self.compressor = None
+        if self.size > 1 and compression == "powersgd":
+            self.compressor = PowerSGD(rank)
+        elif self.size > 1 and compression != "none":
+            self.compressor = HalfPrecision(compression)
+        self._resumed = None
+
     def setup(self, model):
         super().setup(model)
         self.arrays.broadcast(model.params.data, root=0)
+        if self.compressor is not None:
+            self.compressor.setup(self, model)
+            if self._resumed is not None:
+                self.compressor.restore(self._resumed)
+        self._resumed = None
 
     def apply_gradients(self, model, local_samples, global_samples):
         self.exchange(model)
         model.optimizer.apply(model.params)
 
     def exchange(self, model):
-        """Sum every rank's share of the mean gradient: one in-place Allreduce."""
-        if self.size > 1:
+        """Sum every rank's share of the mean gradient: one in-place Allreduce, or the
+        compressor's exchange."""
+        if self.compressor is not None:
+            self.compressor.exchange(model.params.grad)
+        elif self.size > 1:
             self.arrays.allreduce_sum(model.params.grad)
+
+    def end_epoch(self, model):
+        if self.compressor is not None:
+            self.compressor.end_epoch()
+
+    def rank_state(self, model):
+        return {} if self.compressor is None else self.compressor.rank_state()
+
+    def shared_state(self, model):
+        return {} if self.compressor is None else self.compressor.shared_state()
+
+    def restore_state(self, found):
+        self._resumed = found

@@ -51,6 +51,25 @@ def signal_after_first_checkpoint(process, directory, signum, timeout=60):
     return process.communicate(timeout=timeout)
 
 
+def stopped_and_resumed(tmp_path, sets):
+    """Two runs of JOB on 2 ranks with `sets` (--set arguments): one whole, one stopped by
+    SIGTERM after its first checkpoint and resumed; (the stop's checkpoint, the whole
+    run's final.h5, the resumed run's)."""
+    launcher = [MPIEXEC, "-n", "2", MPINN, "train"]
+    for name in ("whole", "parts"):
+        (tmp_path / f"{name}.toml").write_text(JOB.format(directory=tmp_path / name))
+    whole = start([*launcher, "whole.toml", "-q", *sets], tmp_path)
+    assert whole.wait(timeout=120) == 0, whole.communicate()[1]
+    parts = start([*launcher, "parts.toml", "-q", *sets], tmp_path)
+    _, stderr = signal_after_first_checkpoint(parts, tmp_path / "parts", signal.SIGTERM)
+    assert parts.returncode == 128 + signal.SIGTERM, stderr
+    stopped = checkpoint.latest_valid(tmp_path / "parts")
+    resumed = start([*launcher, "parts.toml", "-q", "--resume", "auto", *sets], tmp_path)
+    assert resumed.wait(timeout=120) == 0, resumed.communicate()[1]
+    return (stopped, checkpoint.read(tmp_path / "whole" / "final.h5"),
+            checkpoint.read(tmp_path / "parts" / "final.h5"))
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("signum, ranks", [(signal.SIGTERM, 2), (signal.SIGUSR1, 2),
                                            (signal.SIGINT, 2), (signal.SIGUSR1, None)],

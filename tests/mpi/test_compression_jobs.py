@@ -1,0 +1,147 @@
+"""`allreduce` with `compression` (float16, bfloat16, powersgd; error feedback) on real
+MPI."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mpinn import checkpoint
+
+from .conftest import MPIEXEC, MPINN
+from .test_stopping import JOB as STOP_JOB
+from .test_stopping import stopped_and_resumed
+
+HALF = ["float16", "bfloat16"]
+KINDS = [*HALF, "powersgd"]
+
+# each rank's gradient: small multiples of 2^-6, exact in both wire formats, as are their
+# sums; argv: the wire format
+EXACT = """
+import sys
+import numpy as np
+import mpinn
+
+kind = sys.argv[1]
+model = mpinn.Sequential([mpinn.Dense(37, input_shape=(11,)), mpinn.Dense(5)], seed=1)
+model.compile("sgd", "mse")
+model.build()
+plain, compressed = mpinn.strategy("allreduce"), mpinn.strategy("allreduce", compression=kind)
+rank = plain.rank
+index = np.arange(model.params.grad.size)
+values = ((index * 7 + rank * 3) % 41 - 20) * 2.0**-6
+for strategy in (plain, compressed):
+    strategy.setup(model)
+model.params.grad[...] = values
+plain.exchange(model)
+expected = model.params.grad.copy()
+model.params.grad[...] = values
+compressed.exchange(model)
+assert np.array_equal(model.params.grad, expected), np.abs(model.params.grad - expected).max()
+assert not compressed.compressor.residual.any()
+model.params.grad[...] = values / 3  # not exact on the wire: the residual keeps the rest
+compressed.exchange(model)
+assert compressed.compressor.residual.any()
+if rank == 0:
+    print("exact", model.params.grad.size)
+"""
+
+
+def records(directory):
+    return [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
+
+
+def final(directory):
+    return checkpoint.read(directory / "final.h5")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", HALF)
+def test_exactly_representable_gradients_give_allreduces_sum(tmp_path, kind):
+    """On 3 ranks (634 parameters in chunks of 212, the last one padded); any rank's
+    failed check ends the job."""
+    if MPIEXEC is None:
+        pytest.skip("mpiexec is not installed")
+    script = tmp_path / "exact.py"
+    script.write_text(EXACT)
+    run = subprocess.run([MPIEXEC, "-n", "3", sys.executable, str(script), kind],
+                         capture_output=True, text=True, timeout=100)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "exact 634"
+
+
+@pytest.mark.timeout(300)
+def test_compressed_exchange_trains_the_default_job_within_a_point_of_allreduce(tmp_path,
+                                                                                launch):
+    accuracy = {}
+    for kind in ["none", *KINDS]:
+        run = launch(2, "train", "-q", "--set", f"run.name='{kind}'",
+                     "--set", f"strategy.compression='{kind}'")
+        assert run.returncode == 0, run.stderr
+        accuracy[kind] = records(tmp_path / "runs" / kind)[-1]["val_accuracy"]
+    assert accuracy["none"] >= 0.95
+    for kind in KINDS:
+        assert accuracy[kind] >= accuracy["none"] - 0.01, accuracy
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_stop_resumes_exactly_with_every_ranks_residual(tmp_path, kind):
+    if MPIEXEC is None or MPINN is None:
+        pytest.skip("mpiexec or mpinn is not installed")
+    stopped, a, b = stopped_and_resumed(tmp_path, ["--set", f"strategy.compression='{kind}'"])
+    mid_epoch = stopped.attrs["iterations"] % 180 != 0
+    assert ("residual_by_rank" in stopped.shapes["strategy"]) == mid_epoch
+    for name, value in a.params.items():
+        np.testing.assert_array_equal(b.params[name], value, err_msg=name)
+    assert "residual_by_rank" not in b.shapes["strategy"]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("kind", KINDS)
+def test_checkpoints_every_n_steps_and_at_epoch_ends_resume_exactly(tmp_path, launch, kind):
+    """Step 170 keeps both ranks' residuals; at 180 (the epoch's end) rank 0 holds their
+    sum. Each resumes to the bits of the run that wrote them; on 3 ranks, 170 trains on."""
+    for name in ("whole", "again-170", "again-180", "three"):
+        (tmp_path / f"{name}.toml").write_text(STOP_JOB.format(directory=tmp_path / name))
+    sets = [arg for setting in [f"strategy.compression='{kind}'", "checkpoint.every_steps=10",
+                                "training.epochs=2"] for arg in ("--set", setting)]
+    whole = launch(2, "train", "whole.toml", "-q", *sets)
+    assert whole.returncode == 0, whole.stderr
+    middle = checkpoint.read(tmp_path / "whole" / "ckpt-000000170.h5")
+    end = checkpoint.read(tmp_path / "whole" / "ckpt-000000180.h5")
+    assert middle.shapes["strategy"]["residual_by_rank"][0] == 2
+    assert "residual_by_rank" not in end.shapes["strategy"]
+    assert end.strategy_tensor("residual").any()
+    for step, found in ((170, middle), (180, end)):
+        again = launch(2, "train", f"again-{step}.toml", "-q", "--resume", str(found.path),
+                       *sets)
+        assert again.returncode == 0, again.stderr
+        a, b = final(tmp_path / "whole"), final(tmp_path / f"again-{step}")
+        for name, value in a.params.items():
+            np.testing.assert_array_equal(b.params[name], value, err_msg=f"{name} from {step}")
+    three = launch(3, "train", "three.toml", "-q", "--resume", str(middle.path), *sets)
+    assert three.returncode == 0, three.stderr
+    losses = [record["loss"] for record in records(tmp_path / "three") if "loss" in record]
+    assert len(losses) == 2 and losses[-1] < records(tmp_path / "whole")[0]["loss"]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("settings, message", [
+    (["strategy.compression='fp8'"],
+     "unknown allreduce compression 'fp8'; allowed: bfloat16, float16, none, powersgd"),
+    (["strategy.compression='powersgd'", "strategy.powersgd_rank=0"],
+     "allreduce: powersgd_rank must be a whole number of at least 1; received: "
+     "powersgd_rank=0"),
+    (["strategy.powersgd_rank=2"],
+     "allreduce: powersgd_rank applies to compression 'powersgd' only; received: "
+     "compression='none'"),
+], ids=["unknown", "rank-0", "rank-without-powersgd"])
+def test_bad_compression_settings_are_one_line_and_exit_2_on_every_rank(launch, settings,
+                                                                        message):
+    run = launch(2, "train", "-q", *[arg for setting in settings for arg in ("--set", setting)])
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], run.stderr
