@@ -121,9 +121,10 @@ class Sequential:
                 {n[len(prefix):]: v for n, v in params.values.items() if n.startswith(prefix)},
                 {n[len(prefix):]: g for n, g in params.grads.items() if n.startswith(prefix)},
             )
-        self._penalties = [(reg, layer.values[name], layer.grads[name])
-                           for layer in self.layers
-                           for name, reg in layer.regularizers().items()]
+        self._layer_penalties = [[(reg, layer.values[name], layer.grads[name])
+                                  for name, reg in layer.regularizers().items()]
+                                 for layer in self.layers]
+        self._penalties = [penalty for layer in self._layer_penalties for penalty in layer]
 
     def swap_buffers(self, data=None, grad=None) -> tuple:
         """Train on `data` and/or `grad` (flat buffers laid out like the parameters) from
@@ -253,15 +254,22 @@ class Sequential:
             loss += float(sum(reg.loss(weights) for reg, weights, _ in self._penalties))
         return loss, out, grad
 
-    def compute_gradients(self, x, y, scale: float = 1.0):
+    def compute_gradients(self, x, y, scale: float = 1.0, layer_done=None):
         """Forward and backward on one batch: fills `params.grad` with `scale` times the
-        gradient of the mean loss; returns (loss, output).
+        gradient of the mean loss; returns (loss, output). `layer_done(index)`, if given,
+        hears of each layer whose gradients are complete, last layer first (a strategy
+        that sends them while the layers below compute).
 
         Data-parallel training passes scale = (this batch's samples) / (global batch), so
         that the gradients of all ranks sum to the global batch's mean gradient. The
         scaling costs nothing: backward is linear in dL/d(output), a (batch, units) array.
+        A loss of NaN or Inf, where the optimizer skips such steps, gives a gradient of
+        NaN throughout, so that every rank of a data-parallel step skips it.
         """
         loss, out, dy = self._loss_and_output_grad(x, y, training=True)
+        if self.optimizer is not None and self.optimizer.skip_nonfinite and not math.isfinite(
+                loss):
+            dy[...] = math.nan
         if scale != 1.0:
             dy *= scale
         last = len(self.layers) - 1
@@ -271,8 +279,10 @@ class Sequential:
                 dy = layer.backward(dy, input_grad, from_logits=True)
             else:
                 dy = layer.backward(dy, input_grad)
-        for reg, weights, grad in self._penalties:
-            reg.add_gradient(weights, grad, scale)
+            for reg, weights, grad in self._layer_penalties[index]:
+                reg.add_gradient(weights, grad, scale)
+            if layer_done is not None:
+                layer_done(index)
         return loss, out
 
     def train_on_batch(self, x, y):
@@ -415,9 +425,7 @@ class Sequential:
                         x, index, self._workspace.get("x_batch", high - low, x.shape[1]))
                     yb = y[index]
                 scale = strategy.gradient_scale(high - low, stop - start)
-                loss, out = self.compute_gradients(xb, yb, scale)
-                if sums.skip_nonfinite and not math.isfinite(loss):
-                    self.params.grad[...] = math.nan  # so that every rank skips this step
+                loss, out = self.compute_gradients(xb, yb, scale, strategy.layer_done)
                 sums.add(loss, out, yb)
             else:
                 self.params.grad[...] = 0

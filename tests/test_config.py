@@ -152,7 +152,8 @@ def test_bad_model_settings_are_named(overrides, message):
      "unknown key data.file; [data] takes dataset, validation_split, split_seed, validation "
      "and the arguments of dataset 'npz': path, x, y"),
     (["strategy.name='gossip'"], "strategy.name: no mpinn.strategies plugin named"),
-    (["strategy.buckets=4"], "[strategy] ('allreduce'): unknown key buckets; allowed: none"),
+    (["strategy.buckets=4"], "[strategy] ('allreduce'): unknown key buckets; allowed: "
+                             "compression, powersgd_rank, overlap, bucket_mb"),
     (["data.dataset='regression'"], "not a class index"),
 ])
 def test_bad_data_and_strategy_settings_are_named(overrides, message):

@@ -73,6 +73,13 @@ class Comm:
         """Every rank's `data`, in rank order."""
         return [data]
 
+    def iallreduce_sum(self, buffer):
+        """Start an in-place sum over ranks; returns the request, for wait_all."""
+        raise NotImplementedError("nonblocking collectives need an MPI world")
+
+    def progress(self) -> None:
+        """Let MPI advance the nonblocking operations in flight (from any thread)."""
+
     def alltoall(self, send, receive) -> None:
         """Block r of `send` (cut into `size` equal blocks) to rank r; block r of `receive`
         from rank r."""
@@ -160,6 +167,7 @@ class MPIComm(Comm):
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.library = mpi.Get_library_version().splitlines()[0].strip()
         self.status = mpi.Status()
+        self._progress_comm = self.comm.Dup()  # never carries a message
         node = self.comm.Split_type(mpi.COMM_TYPE_SHARED)
         self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
         node.Free()
@@ -227,6 +235,14 @@ class MPIComm(Comm):
                    "allgather")
         return [gathered[start:start + size].tobytes()
                 for start, size in zip(offsets, sizes, strict=True)]
+
+    def iallreduce_sum(self, buffer):
+        return self.comm.Iallreduce(self.MPI.IN_PLACE, buffer, op=self.MPI.SUM)
+
+    def progress(self):
+        # a probe runs MPI's progress engine (MPICH, Open MPI) without touching the
+        # requests, which another thread may be waiting on
+        self._progress_comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=self.MPI.ANY_TAG)
 
     def alltoall(self, send, receive):
         self._wait(self.comm.Ialltoall(send, receive), "alltoall")

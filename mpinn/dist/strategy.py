@@ -87,6 +87,8 @@ class Strategy:
         """The weight of this rank's mean gradient (see apply_gradients)."""
         return local_samples / global_samples
 
+    layer_done = None  # or a callable: hears of each layer whose gradients are complete
+
     def progress_steps(self, steps: int) -> int:
         """How many progress ticks (hook calls) this rank makes in an epoch of `steps`."""
         return steps

@@ -4,12 +4,14 @@ applies the same optimizer step, so all ranks hold the same parameters throughou
 
 `compression` puts fewer bytes on the wire, with error feedback (compression.py):
 "float16" or "bfloat16" (half the bytes), or "powersgd" (Dense kernels as rank-r
-products, `powersgd_rank`)."""
+products, `powersgd_rank`). `overlap` sends the gradients in buckets of `bucket_mb` while
+backward still computes (overlap.py)."""
 
 from mpinn.dist import Strategy
 from mpinn.errors import ConfigError, choose
 
 from .compression import HalfPrecision, PowerSGD
+from .overlap import OverlappedExchange
 
 COMPRESSIONS = ("none", "float16", "bfloat16", "powersgd")
 
@@ -17,8 +19,21 @@ COMPRESSIONS = ("none", "float16", "bfloat16", "powersgd")
 class AllreduceStrategy(Strategy):
     name = "allreduce"
 
-    def __init__(self, comm, compression: str = "none", powersgd_rank: "int | None" = None):
+    def __init__(self, comm, compression: str = "none", powersgd_rank: "int | None" = None,
+                 overlap: bool = False, bucket_mb: float = 4.0):
         super().__init__(comm)
+        if not isinstance(overlap, bool):
+            raise ConfigError(f"allreduce: overlap must be true or false; received: {overlap!r}")
+        if overlap and compression != "none":
+            raise ConfigError("allreduce: overlap goes with compression 'none' only; "
+                              f"received: compression={compression!r}")
+        if (isinstance(bucket_mb, bool) or not isinstance(bucket_mb, int | float)
+                or not 0 < bucket_mb < 2**20):
+            raise ConfigError("allreduce: bucket_mb must be a number above 0; "
+                              f"received: bucket_mb={bucket_mb!r}")
+        self.overlapped = None
+        if overlap and self.size > 1:
+            self.overlapped = OverlappedExchange(comm, int(bucket_mb * 2**20))
         choose("allreduce compression", compression, COMPRESSIONS)
         if powersgd_rank is not None and compression != "powersgd":
             raise ConfigError("allreduce: powersgd_rank applies to compression 'powersgd' "
@@ -42,6 +57,11 @@ class AllreduceStrategy(Strategy):
             if self._resumed is not None:
                 self.compressor.restore(self._resumed)
         self._resumed = None
+        if self.overlapped is not None and self.arrays.direct:
+            self.overlapped.setup(model)
+            self.layer_done = self.overlapped.layer_done
+        else:  # device arrays that MPI cannot read: one exchange after backward
+            self.layer_done = None
 
     def apply_gradients(self, model, local_samples, global_samples):
         self.exchange(model)
@@ -50,7 +70,9 @@ class AllreduceStrategy(Strategy):
     def exchange(self, model):
         """Sum every rank's share of the mean gradient: one in-place Allreduce, or the
         compressor's exchange."""
-        if self.compressor is not None:
+        if self.layer_done is not None:
+            self.overlapped.finish()
+        elif self.compressor is not None:
             self.compressor.exchange(model.params.grad)
         elif self.size > 1:
             self.arrays.allreduce_sum(model.params.grad)

@@ -119,7 +119,7 @@ def test_a_preempted_job_requeues_itself_and_ends_as_an_uninterrupted_one(
     slurm_nodes.start_requeued(job_id)
     state = slurm_nodes.wait(job_id, timeout=100)
     log = (tmp_path / "out.txt").read_text()
-    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", log
+    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", (state, log)
     assert "stopped by SIGUSR1" in log and "mpinn stopped on a signal (exit 138)" in log
     assert state["NodeList"] == f"{cluster.prefix}n[1-2]"
     assert placed() == two_per_node(cluster)  # the second start's, as the first's
