@@ -1,17 +1,26 @@
-"""The wire formats of compressed exchange, against their definitions (one process)."""
+"""The wire formats of compressed exchange, against their definitions (one process): the
+NumPy backend's numba codec and the array-library codec give the same bits."""
 
 import numpy as np
 import pytest
-from mpinn_strategies.compression import HalfPrecision
+from mpinn_numpy.half import HalfCodec
+from mpinn_strategies.compression import ArrayHalfCodec, HalfPrecision
+
+CODECS = {"numba": HalfCodec, "array": lambda kind: ArrayHalfCodec(np, kind)}
+SPECIAL = np.array([0.0, -0.0, 1.0, -2.5, 65504.0, 65520.0, 1e9, 2.0**-14, 2.0**-24,
+                    2.0**-25, 3 * 2.0**-26, np.inf, -np.inf, np.nan,
+                    np.finfo(np.float32).max, np.finfo(np.float32).tiny], np.float32)
 
 
-def wire(kind):
-    half = HalfPrecision(kind)
-    half.xp = np
-    half.summed = np.empty(0, np.float32)
-    return half
+def encoded(codec, values, scale=1.0):
+    """(wire bits, residual); Inf and NaN pass through quietly, as in training."""
+    wire, residual = np.empty(len(values), np.uint16), np.empty_like(values)
+    with np.errstate(all="ignore"):
+        codec.encode(values, scale, wire, residual)
+    return wire, residual
 
 
+@pytest.mark.parametrize("codec", CODECS)
 @pytest.mark.parametrize("value, bits", [
     (1.0, 0x3F80),
     (1 + 2.0**-8, 0x3F80),  # halfway: to the even neighbour below
@@ -24,28 +33,50 @@ def wire(kind):
     (2.0**-133, 0x0001),  # the smallest bfloat16 (a subnormal)
     (2.0**-135, 0x0000),  # a quarter of it: to zero
 ])
-def test_bfloat16_rounds_to_nearest_even(value, bits):
-    out = np.empty(1, np.uint16)
-    wire("bfloat16")._encode(np.array([value], np.float32), 1.0, out)
-    assert out[0] == bits, hex(out[0])
+def test_bfloat16_rounds_to_nearest_even(codec, value, bits):
+    wire, _ = encoded(CODECS[codec]("bfloat16"), np.array([value], np.float32))
+    assert wire[0] == bits, hex(wire[0])
 
 
-def test_bfloat16_keeps_what_it_can_hold_and_float16_too():
-    values = np.array([0.0, -0.0, 1.5, -3.75, 2.0**100, 2.0**-100, 1 + 2.0**-7], np.float32)
-    out = np.empty(len(values), np.uint16)
-    half = wire("bfloat16")
-    half._encode(values, 1.0, out)
-    np.testing.assert_array_equal(half._decoded(out), values)
-    small = np.array([0.0, 1.5, -3.75, 2.0**-14, 65504.0], np.float32)
-    out16 = np.empty(len(small), np.float16)
-    half16 = wire("float16")
-    half16._encode(small, 1.0, out16)
-    np.testing.assert_array_equal(half16._decoded(out16), small)
+@pytest.mark.parametrize("scale", [1.0, 2.0**10, 2.0**-3])
+def test_float16_bits_are_numpys(scale):
+    rng = np.random.default_rng(0)
+    values = np.concatenate([SPECIAL, rng.standard_normal(10_000).astype(np.float32)
+                             * np.float32(10.0) ** rng.integers(-9, 5, 10_000)])
+    with np.errstate(all="ignore"):
+        expected = (values * np.float32(scale)).astype(np.float16).view(np.uint16)
+    for name, make in CODECS.items():
+        wire, residual = encoded(make("float16"), values, scale)
+        np.testing.assert_array_equal(wire, expected, err_msg=name)
+        finite = np.isfinite(expected.view(np.float16))
+        np.testing.assert_array_equal(
+            residual[finite], values[finite] - expected.view(np.float16)[finite].astype(
+                np.float32) / np.float32(scale), err_msg=name)
+
+
+@pytest.mark.parametrize("kind", ["float16", "bfloat16"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_both_codecs_agree_bit_for_bit(kind, dtype):
+    rng = np.random.default_rng(1)
+    values = rng.standard_normal(5_000).astype(dtype)
+    numba_codec, array_codec = HalfCodec(kind), ArrayHalfCodec(np, kind)
+    (wire_a, residual_a), (wire_b, residual_b) = (encoded(codec, values, 4.0)
+                                                  for codec in (numba_codec, array_codec))
+    np.testing.assert_array_equal(wire_a, wire_b)
+    np.testing.assert_array_equal(residual_a, residual_b)
+    rows = np.stack([wire_a, wire_a[::-1], wire_a])
+    sums = [np.empty(len(values), dtype) for _ in range(2)]
+    numba_codec.sum_rows(rows, sums[0])
+    array_codec.sum_rows(rows, sums[1])
+    np.testing.assert_array_equal(*sums)
+    numba_codec.decode(wire_a, 4.0, sums[0])
+    array_codec.decode(wire_a, 4.0, sums[1])
+    np.testing.assert_array_equal(*sums)
 
 
 @pytest.mark.parametrize("largest, ranks", [(1e-6, 2), (3.0, 4), (60000.0, 8), (1e30, 3)])
 def test_float16_scale_is_a_power_of_two_that_keeps_sums_in_range(largest, ranks):
-    half = wire("float16")
+    half = HalfPrecision("float16")
     half.size = ranks
     scale = half._scale(largest)
     assert np.log2(scale) == int(np.log2(scale))

@@ -24,6 +24,11 @@ class ArrayComm:
         self.comm.allreduce_sum(buffer)
         self._arrived(buffer, array)
 
+    def iallreduce_sum(self, array):
+        """Start an in-place sum of an array MPI reads directly (`direct`); the request."""
+        self.payload_bytes += array.nbytes
+        return self.comm.iallreduce_sum(array)
+
     def alltoall(self, send, receive) -> None:
         """Comm.alltoall on arrays of the backend."""
         self.payload_bytes += send.nbytes

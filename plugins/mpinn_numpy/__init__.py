@@ -40,6 +40,14 @@ class NumpyBackend(Backend):
             return None
         return kernels.kernel(chain)
 
+    def half_codec(self, kind: str):
+        """float16 or bfloat16 conversions for compressed exchange (numba), or None."""
+        try:
+            from .half import HalfCodec
+        except ImportError:
+            return None
+        return HalfCodec(kind)
+
     def describe(self) -> str:
         try:
             from . import kernels

@@ -33,7 +33,7 @@ class AllreduceStrategy(Strategy):
                               f"received: bucket_mb={bucket_mb!r}")
         self.overlapped = None
         if overlap and self.size > 1:
-            self.overlapped = OverlappedExchange(comm, int(bucket_mb * 2**20))
+            self.overlapped = OverlappedExchange(int(bucket_mb * 2**20))
         choose("allreduce compression", compression, COMPRESSIONS)
         if powersgd_rank is not None and compression != "powersgd":
             raise ConfigError("allreduce: powersgd_rank applies to compression 'powersgd' "
@@ -58,7 +58,7 @@ class AllreduceStrategy(Strategy):
                 self.compressor.restore(self._resumed)
         self._resumed = None
         if self.overlapped is not None and self.arrays.direct:
-            self.overlapped.setup(model)
+            self.overlapped.setup(model, self.arrays)
             self.layer_done = self.overlapped.layer_done
         else:  # device arrays that MPI cannot read: one exchange after backward
             self.layer_done = None

@@ -15,6 +15,8 @@ import math
 
 import numpy as np
 
+from mpinn.optim.base import FUSED_FROM
+
 HALF_ROOM = 2.0**15  # fp16 sums stay below this (the largest fp16 is 65504)
 POWERSGD_STREAM = 4  # the model seed's spawn key for PowerSGD's first Q
 
@@ -68,43 +70,43 @@ class HalfPrecision(ErrorFeedback):
     the summed chunks. float16 is scaled by a power of two (agreed by a 1-number
     Allreduce of the largest magnitude) so that the sums neither overflow nor lose small
     gradients to underflow; bfloat16 has float32's range. Both roundings, of each rank's
-    gradient and of each summed chunk (its owner's), go into residuals."""
+    gradient and of each summed chunk (its owner's), go into residuals. The conversions
+    are the backend's `half_codec` where it has one (NumPy: numba) and the model is large
+    enough to gain from it (FUSED_FROM parameters, as fused optimizer steps), else
+    ArrayHalfCodec."""
 
     def __init__(self, kind: str):
         self.kind = kind
 
     def setup(self, strategy, model) -> None:
         super().setup(strategy, model)
-        grad = model.params.grad
+        grad, xp = model.params.grad, self.xp
+        make = getattr(model.backend, "half_codec", None)
+        codec = make(self.kind) if make is not None and grad.size >= FUSED_FROM else None
+        self.codec = codec or ArrayHalfCodec(xp, self.kind)
         self.chunk = -(-grad.size // self.size)
-        wire = self.xp.uint16 if self.kind == "bfloat16" else self.xp.float16
-        self.outgoing = self.xp.zeros(self.size * self.chunk, wire)
-        self.incoming = self.xp.empty((self.size, self.chunk), wire)
-        self.summed = self.xp.empty(self.chunk, grad.dtype)
-        self.gathered = self.xp.empty(self.size * self.chunk, wire)
+        self.outgoing = xp.zeros(self.size * self.chunk, xp.uint16)  # the wire: half's bits
+        self.incoming = xp.empty((self.size, self.chunk), xp.uint16)
+        self.summed = xp.empty(self.chunk, grad.dtype)
+        self.gathered = xp.empty(self.size * self.chunk, xp.uint16)
 
     def exchange(self, grad) -> None:
-        xp, n, chunk = self.xp, grad.size, self.chunk
+        n, chunk, codec = grad.size, self.chunk, self.codec
         grad += self.residual
-        largest = np.array([float(xp.abs(grad).max()) if n else 0.0])
+        largest = np.array([float(max(grad.max(), -grad.min())) if n else 0.0])
         self.comm.allreduce_max(largest)
         finite = math.isfinite(largest[0])
         scale = self._scale(largest[0]) if finite else 1.0
-        self._encode(grad, scale, self.outgoing[:n])
-        self._decode(self.outgoing[:n], scale, self.residual)
-        xp.subtract(grad, self.residual, out=self.residual)  # what the wire left out
+        codec.encode(grad, scale, self.outgoing[:n], self.residual)
         self.arrays.alltoall(self.outgoing, self.incoming)
         summed = self.summed
-        self._decode(self.incoming[0], 1.0, summed)
-        for row in range(1, self.size):  # in rank order: the same sum on every run
-            summed += self._decoded(self.incoming[row])
+        codec.sum_rows(self.incoming, summed)  # in rank order: the same sum on every run
         mine = self.gathered[self.rank * chunk:(self.rank + 1) * chunk]
-        self._encode(summed, 1.0, mine)
-        summed -= self._decoded(mine)  # the sum's own rounding, fed back by its owner
+        codec.encode(summed, 1.0, mine, summed)  # the sum's own rounding, fed back by its owner
         start, stop = min(self.rank * chunk, n), min((self.rank + 1) * chunk, n)
         self.residual[start:stop] += summed[:stop - start] / scale
         self.arrays.allgather(self.gathered)
-        self._decode(self.gathered[:n], scale, grad)
+        codec.decode(self.gathered[:n], scale, grad)
         if not finite:  # the step is skipped or the run stops: keep no NaN for later
             self.residual[...] = 0
         self.apart = True
@@ -118,26 +120,43 @@ class HalfPrecision(ErrorFeedback):
             scale /= 2
         return scale
 
-    def _encode(self, values, scale: float, out) -> None:
+
+class ArrayHalfCodec:
+    """float16 and bfloat16 by the array library's own operations (CuPy; NumPy without
+    numba); the wire holds the half-precision bits as uint16."""
+
+    def __init__(self, xp, kind: str):
+        self.xp, self.kind = xp, kind
+
+    def encode(self, values, scale: float, wire, residual) -> None:
+        """wire = values * scale in half precision; residual = values - wire / scale
+        (residual may be values itself)."""
         xp = self.xp
         if self.kind == "float16":
-            out[...] = (values * scale).astype(xp.float16)
-            return
-        bits = xp.asarray(values * scale, dtype=xp.float32).view(xp.uint32)
-        # round to nearest even on the upper 16 bits; NaN stays a (quiet) NaN
-        rounded = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16
-        out[...] = xp.where(xp.isnan(values), 0x7FC0, rounded).astype(xp.uint16)
+            wire[...] = (values * scale).astype(xp.float16).view(xp.uint16)
+        else:
+            scaled = xp.asarray(values * scale, dtype=xp.float32)
+            bits = scaled.view(xp.uint32)
+            # round to nearest even on the upper 16 bits; NaN stays a (quiet) NaN
+            rounded = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16
+            wire[...] = xp.where(xp.isnan(scaled), 0x7FC0, rounded).astype(xp.uint16)
+        xp.subtract(values, self._decoded(wire, values.dtype) / scale, out=residual)
 
-    def _decoded(self, wire):
+    def sum_rows(self, rows, out) -> None:
+        """out = the rows (of wire bits) decoded and summed in row order."""
+        out[...] = self._decoded(rows[0], out.dtype)
+        for row in rows[1:]:
+            out += self._decoded(row, out.dtype)
+
+    def decode(self, wire, scale: float, out) -> None:
+        """out = wire / scale."""
+        out[...] = self._decoded(wire, out.dtype) / scale
+
+    def _decoded(self, wire, dtype):
         xp = self.xp
         if self.kind == "float16":
-            return wire.astype(self.summed.dtype)
-        return (wire.astype(xp.uint32) << 16).view(xp.float32).astype(self.summed.dtype)
-
-    def _decode(self, wire, scale: float, out) -> None:
-        out[...] = self._decoded(wire)
-        if scale != 1.0:
-            out *= 1.0 / scale
+            return wire.view(xp.float16).astype(dtype)
+        return (wire.astype(xp.uint32) << 16).view(xp.float32).astype(dtype)
 
 
 class PowerSGD(ErrorFeedback):

@@ -17,14 +17,16 @@ PROGRESS_SECONDS = 0.0005
 
 
 class OverlappedExchange:
-    def __init__(self, comm, bucket_bytes: int):
-        self.comm, self.bucket_bytes = comm, bucket_bytes
+    def __init__(self, bucket_bytes: int):
+        self.bucket_bytes = bucket_bytes
         self.requests: list = []
         self._driving = threading.Event()
         self._driver: threading.Thread | None = None
 
-    def setup(self, model) -> None:
-        """Each layer's [start, stop) in the flat gradient buffer (None without any)."""
+    def setup(self, model, arrays) -> None:
+        """Each layer's [start, stop) in the flat gradient buffer (None without any);
+        `arrays`: the strategy's ArrayComm, on arrays MPI reads directly."""
+        self.arrays, self.comm = arrays, arrays.comm
         self.grad = model.params.grad
         self.itemsize = self.grad.itemsize
         self.ranges = []
@@ -65,7 +67,7 @@ class OverlappedExchange:
 
     def _send(self, start: int, stop: int) -> None:
         self.waiting.remove((start, stop))
-        self.requests.append(self.comm.iallreduce_sum(self.grad[start:stop]))
+        self.requests.append(self.arrays.iallreduce_sum(self.grad[start:stop]))
         if self._driver is None:
             self._driving.set()
             self._driver = threading.Thread(target=self._drive, name="mpinn-progress",

@@ -18,14 +18,14 @@ HALF = ["float16", "bfloat16"]
 KINDS = [*HALF, "powersgd"]
 
 # each rank's gradient: small multiples of 2^-6, exact in both wire formats, as are their
-# sums; argv: the wire format
+# sums; argv: the wire format, the hidden layer's width
 EXACT = """
 import sys
 import numpy as np
 import mpinn
 
-kind = sys.argv[1]
-model = mpinn.Sequential([mpinn.Dense(37, input_shape=(11,)), mpinn.Dense(5)], seed=1)
+kind, width = sys.argv[1], int(sys.argv[2])
+model = mpinn.Sequential([mpinn.Dense(width, input_shape=(11,)), mpinn.Dense(width)], seed=1)
 model.compile("sgd", "mse")
 model.build()
 plain, compressed = mpinn.strategy("allreduce"), mpinn.strategy("allreduce", compression=kind)
@@ -41,6 +41,8 @@ model.params.grad[...] = values
 compressed.exchange(model)
 assert np.array_equal(model.params.grad, expected), np.abs(model.params.grad - expected).max()
 assert not compressed.compressor.residual.any()
+assert type(compressed.compressor.codec).__name__ == (
+    "HalfCodec" if model.params.grad.size >= 2**18 else "ArrayHalfCodec")
 model.params.grad[...] = values / 3  # not exact on the wire: the residual keeps the rest
 compressed.exchange(model)
 assert compressed.compressor.residual.any()
@@ -58,18 +60,20 @@ def final(directory):
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("width, size", [(37, 1850), (600, 367800)],
+                         ids=["array-codec", "numba-codec"])
 @pytest.mark.parametrize("kind", HALF)
-def test_exactly_representable_gradients_give_allreduces_sum(tmp_path, kind):
-    """On 3 ranks (634 parameters in chunks of 212, the last one padded); any rank's
-    failed check ends the job."""
+def test_exactly_representable_gradients_give_allreduces_sum(tmp_path, kind, width, size):
+    """On 3 ranks (chunks of a third, the last one padded); any rank's failed check ends
+    the job. The larger model converts with the NumPy backend's numba codec."""
     if MPIEXEC is None:
         pytest.skip("mpiexec is not installed")
     script = tmp_path / "exact.py"
     script.write_text(EXACT)
-    run = subprocess.run([MPIEXEC, "-n", "3", sys.executable, str(script), kind],
+    run = subprocess.run([MPIEXEC, "-n", "3", sys.executable, str(script), kind, str(width)],
                          capture_output=True, text=True, timeout=100)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == "exact 634"
+    assert run.stdout.strip() == f"exact {size}"
 
 
 @pytest.mark.timeout(300)
