@@ -1,5 +1,6 @@
 """Sequential: a stack of layers with Keras' compile / fit / evaluate / predict."""
 
+import functools
 import math
 from collections.abc import Mapping
 
@@ -275,15 +276,18 @@ class Sequential:
         last = len(self.layers) - 1
         for index in range(last, -1, -1):
             layer, input_grad = self.layers[index], self._input_grad[index]
-            if index == last and self._fused:
-                dy = layer.backward(dy, input_grad, from_logits=True)
-            else:
-                dy = layer.backward(dy, input_grad)
-            for reg, weights, grad in self._layer_penalties[index]:
-                reg.add_gradient(weights, grad, scale)
-            if layer_done is not None:
-                layer_done(index)
+            options = {"from_logits": True} if index == last and self._fused else {}
+            if layer.grads:  # its gradients are complete before its input gradient
+                options["params_done"] = functools.partial(self._params_done, index, scale,
+                                                           layer_done)
+            dy = layer.backward(dy, input_grad, **options)
         return loss, out
+
+    def _params_done(self, index: int, scale: float, layer_done) -> None:
+        for reg, weights, grad in self._layer_penalties[index]:
+            reg.add_gradient(weights, grad, scale)
+        if layer_done is not None:
+            layer_done(index)
 
     def train_on_batch(self, x, y):
         """One optimizer step on one batch; returns the loss before the step."""

@@ -16,35 +16,41 @@ class ArrayComm:
         self.comm, self.backend = comm, backend
         self.direct = backend.device is None or comm.reaches(backend.device)
         self._host_buffers: dict = {}
-        self.payload_bytes = 0  # of the arrays this rank handed to collectives
+        # what this rank sends for its collectives, counted as ring algorithms send: an
+        # Allreduce of n bytes on p ranks 2 (p - 1) / p n, an Alltoall or an Allgather
+        # (p - 1) / p n, a broadcast n from its root
+        self.sent_bytes = 0
 
     def allreduce_sum(self, array) -> None:
-        self.payload_bytes += array.nbytes
+        self.sent_bytes += 2 * self._share(array.nbytes)
         buffer = self._outgoing(array)
         self.comm.allreduce_sum(buffer)
         self._arrived(buffer, array)
 
     def iallreduce_sum(self, array):
         """Start an in-place sum of an array MPI reads directly (`direct`); the request."""
-        self.payload_bytes += array.nbytes
+        self.sent_bytes += 2 * self._share(array.nbytes)
         return self.comm.iallreduce_sum(array)
 
     def alltoall(self, send, receive) -> None:
         """Comm.alltoall on arrays of the backend."""
-        self.payload_bytes += send.nbytes
+        self.sent_bytes += self._share(send.nbytes)
         incoming = self._incoming(receive, role="receive")
         self.comm.alltoall(self._outgoing(send), incoming)
         self._arrived(incoming, receive)
 
     def allgather(self, array) -> None:
         """Comm.allgather (in place) on an array of the backend."""
-        self.payload_bytes += array.nbytes // self.comm.size
+        self.sent_bytes += self._share(array.nbytes)
         buffer = self._outgoing(array)
         self.comm.allgather(buffer)
         self._arrived(buffer, array)
 
+    def _share(self, nbytes: int) -> int:
+        return nbytes * (self.comm.size - 1) // self.comm.size
+
     def broadcast(self, array, root: int = 0) -> None:
-        self.payload_bytes += array.nbytes if self.comm.rank == root else 0
+        self.sent_bytes += array.nbytes if self.comm.rank == root else 0
         if self.comm.rank == root:
             self.comm.broadcast(self._outgoing(array), root=root)
         else:

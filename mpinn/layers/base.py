@@ -53,6 +53,10 @@ class Layer:
         raise NotImplementedError
 
     def backward(self, dy, input_grad: bool):
+        """dL/d(input) from dy = dL/d(output) (None unless `input_grad`), after writing
+        this layer's parameter gradients. A layer with parameters also takes
+        `params_done`, a callable to call once those are complete, before the input
+        gradient is computed (so that a strategy may send them meanwhile)."""
         raise NotImplementedError
 
     def get_config(self) -> dict:

@@ -81,7 +81,7 @@ class Dense(Layer):
             self._y = self.activation.forward(z, self.workspace.get("y", n, self.units))
         return self._y
 
-    def backward(self, dy, input_grad, from_logits=False):
+    def backward(self, dy, input_grad, from_logits=False, params_done=None):
         """dy is dL/d(output), or dL/d(logits) when `from_logits`; it may be overwritten."""
         dz = dy if from_logits else self.activation.backward(dy, self.logits, self._y, out=dy)
         np.matmul(self._x.T, dz, out=self.grads["kernel"])
@@ -89,6 +89,8 @@ class Dense(Layer):
             ones = self.workspace.get("ones", dz.shape[0], 1)[:, 0]
             ones.fill(1)
             np.matmul(ones, dz, out=self.grads["bias"])
+        if params_done is not None:
+            params_done()
         if not input_grad:
             return None
         dx = self.workspace.get("dx", dz.shape[0], self.input_dim)

@@ -77,6 +77,10 @@ class AllreduceStrategy(Strategy):
         elif self.size > 1:
             self.arrays.allreduce_sum(model.params.grad)
 
+    def finish(self, model):
+        if self.overlapped is not None:
+            self.overlapped.close()
+
     def end_epoch(self, model):
         if self.compressor is not None:
             self.compressor.end_epoch()

@@ -20,7 +20,8 @@ class OverlappedExchange:
     def __init__(self, bucket_bytes: int):
         self.bucket_bytes = bucket_bytes
         self.requests: list = []
-        self._driving = threading.Event()
+        self._in_flight = threading.Event()  # the progress thread runs while it is set
+        self._closing = False
         self._driver: threading.Thread | None = None
 
     def setup(self, model, arrays) -> None:
@@ -38,6 +39,8 @@ class OverlappedExchange:
                                if slots else None)
         self.waiting: list[tuple[int, int]] = []  # complete, not yet sent: sorted, disjoint
         self.done: set[int] = set()  # this step's complete layers
+        self._driver = threading.Thread(target=self._drive, name="mpinn-progress", daemon=True)
+        self._driver.start()
 
     def layer_done(self, index: int) -> None:
         """Layer `index`'s gradients are complete: send the bucket they close, if any."""
@@ -58,24 +61,27 @@ class OverlappedExchange:
         self.done.clear()
         for start, stop in list(self.waiting):
             self._send(start, stop)
-        self._driving.clear()
-        if self._driver is not None:
-            self._driver.join()
-            self._driver = None
+        self._in_flight.clear()  # the wait below makes progress itself
         requests, self.requests = self.requests, []
         self.comm.wait_all(requests, "allreduce")
+
+    def close(self) -> None:
+        """After training: the progress thread ends."""
+        if self._driver is not None:
+            self._closing = True
+            self._in_flight.set()
+            self._driver.join()
+            self._driver, self._closing = None, False
+            self._in_flight.clear()
 
     def _send(self, start: int, stop: int) -> None:
         self.waiting.remove((start, stop))
         self.requests.append(self.arrays.iallreduce_sum(self.grad[start:stop]))
-        if self._driver is None:
-            self._driving.set()
-            self._driver = threading.Thread(target=self._drive, name="mpinn-progress",
-                                            daemon=True)
-            self._driver.start()
+        self._in_flight.set()
 
     def _drive(self) -> None:
-        while self._driving.is_set():
+        """The progress thread: parked while nothing is in flight."""
+        while self._in_flight.wait() and not self._closing:
             self.comm.progress()
             time.sleep(PROGRESS_SECONDS)
 

@@ -1,0 +1,191 @@
+"""Training across slow links: global samples/s of each gradient-exchange mode on two
+emulated nodes (tests/emulated_nodes.py, 1 rank each) joined by a link shaped at each
+rate, side by side in one run, with the bytes each rank sends per step (counted as ring
+algorithms send them: ArrayComm.sent_bytes). Needs
+root. See benchmarks/README.md.
+
+    python benchmarks/bench_slow_links.py [--rates 1gbit,10gbit] [--epochs 4] [--accuracy]
+
+Each mode trains W1 and W2 (bench_engine's workloads, on epochs of --steps global
+batches) in one fit; an epoch is timed from its start to its end on rank 0, the first
+epoch is left out and the median of the others is reported. With --accuracy, each mode
+also trains the default job (`mpinn train`, digits, 30 epochs) to report its final
+validation accuracy and the epochs and seconds it took to come within 1 point of
+allreduce's.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:0] = [str(HERE), str(ROOT / "tests"), str(ROOT / "tests" / "multinode")]
+
+from bench_engine import WORKLOADS, blas_description, make_data, mpinn_model  # noqa: E402
+
+import mpinn  # noqa: E402
+
+MODES = {  # name: (strategy, options)
+    "allreduce": ("allreduce", {}),
+    "allreduce, overlapped": ("allreduce", {"overlap": True}),
+    "allreduce, float16": ("allreduce", {"compression": "float16"}),
+    "allreduce, bfloat16": ("allreduce", {"compression": "bfloat16"}),
+    "allreduce, PowerSGD r=4": ("allreduce", {"compression": "powersgd"}),
+    "allreduce, PowerSGD r=1": ("allreduce", {"compression": "powersgd", "powersgd_rank": 1}),
+    "local SGD, H=4": ("local_sgd", {"sync_every": 4}),
+    "local SGD, H=8": ("local_sgd", {"sync_every": 8}),
+    "local SGD, H=16": ("local_sgd", {"sync_every": 16}),
+    "local SGD, H=8, Nesterov outer step": ("local_sgd", {"sync_every": 8, "outer_lr": 0.7,
+                                                          "outer_momentum": 0.9}),
+}
+
+
+# ------------------------------------------------------------------------------- worker
+def worker(epochs: int, steps: int, names: list[str], modes: list[str]) -> None:
+    results, rank = {}, 0
+    for name in names:
+        hidden, batch, _ = WORKLOADS[name]
+        x, y = make_data(batch * steps)
+        for mode in modes:
+            strategy_name, options = MODES[mode]
+            model = mpinn_model((784, *hidden, 10))
+            strategy = mpinn.strategy(strategy_name, **options)
+            rank = strategy.rank
+            clock = EpochClock(strategy)
+            model.fit(x, y, batch_size=batch, epochs=epochs, verbose=0, strategy=strategy,
+                      callbacks=[clock])
+            seconds = statistics.median(clock.seconds[1:])
+            results.setdefault(name, {})[mode] = {
+                "samples_per_second": batch * steps / seconds,
+                "bytes_per_step": sum(clock.sent[1:]) / ((epochs - 1) * steps),
+                "model_bytes": int(model.params.data.nbytes),
+            }
+    if rank == 0:
+        print(json.dumps({"results": results, "blas": blas_description()}))
+
+
+class EpochClock(mpinn.Callback):
+    """Each epoch's seconds, from its start to its end (the fit's setup falls outside), and
+    the bytes this rank sent in it."""
+
+    def __init__(self, strategy):
+        self.strategy = strategy
+        self.seconds: list[float] = []
+        self.sent: list[int] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.bytes = self.strategy.arrays.sent_bytes
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self.started)
+        self.sent.append(self.strategy.arrays.sent_bytes - self.bytes)
+
+
+# ------------------------------------------------------------------------------- driver
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rates", default="1gbit,10gbit")
+    parser.add_argument("--epochs", type=int, default=4, help="per mode; the first is left out")
+    parser.add_argument("--steps", type=int, default=48, help="global batches per epoch")
+    parser.add_argument("--workloads", default="W1,W2")
+    parser.add_argument("--modes", default=";".join(MODES), help="names from MODES, by ';'")
+    parser.add_argument("--accuracy", action="store_true", help="also train the default job")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    names, modes = args.workloads.split(","), args.modes.split(";")
+    unknown = [mode for mode in modes if mode not in MODES]
+    if unknown:
+        parser.error(f"unknown mode {unknown[0]!r}; known: {'; '.join(MODES)}")
+    if args.worker:
+        worker(args.epochs, args.steps, names, modes)
+        return
+    from emulated_nodes import Cluster, unavailable
+    from launchers import mpich_command, mpich_unavailable
+
+    why = unavailable() or mpich_unavailable()
+    if why:
+        sys.exit(f"bench_slow_links: {why}")
+    found, accuracy = {}, {}
+    with Cluster(2) as cluster, tempfile.TemporaryDirectory() as runs:
+        for rate in args.rates.split(","):
+            cluster.shape(rate)
+            found[rate] = json.loads(launch(cluster, mpich_command, [
+                sys.executable, __file__, "--worker", "--epochs", str(args.epochs),
+                "--steps", str(args.steps), "--workloads", args.workloads,
+                "--modes", args.modes]).splitlines()[-1])
+            for mode in modes if args.accuracy else []:
+                directory = Path(runs) / f"{rate}-{len(accuracy.get(rate, {}))}"
+                launch(cluster, mpich_command, [
+                    str(Path(sys.executable).parent / "mpinn"), "train", "-q",
+                    *job_settings(mode, directory)])
+                lines = (directory / "metrics.jsonl").read_text().splitlines()
+                accuracy.setdefault(rate, {})[mode] = [json.loads(line) for line in lines
+                                                       if '"val_accuracy"' in line]
+    blas = next(iter(found.values()))["blas"]
+    print(f"2 emulated nodes x 1 rank (MPICH, libfabric tcp); epochs of {args.steps} global "
+          f"batches, median of {args.epochs - 1} epochs after the first")
+    print("\n".join(f"- {line}" for line in blas))
+    print("| workload | link | mode | global samples/s | / allreduce | MB sent per step |")
+    print("|---|---|---|---|---|---|")
+    for rate, result in found.items():
+        for name, by_mode in result["results"].items():
+            hidden, batch, _ = WORKLOADS[name]
+            reference = by_mode.get("allreduce", {}).get("samples_per_second")
+            for mode, figures in by_mode.items():
+                speed = figures["samples_per_second"]
+                ratio = f"{speed / reference:.2f}" if reference else "-"
+                print(f"| {name} b{batch} ({figures['model_bytes'] / 1e6:.1f} MB) | {rate} "
+                      f"| {mode} | {speed:,.0f} | {ratio} "
+                      f"| {figures['bytes_per_step'] / 1e6:.2f} |")
+    if accuracy:
+        print_accuracy(accuracy)
+
+
+def launch(cluster, command_for, argv: list[str]) -> str:
+    """`argv` on 2 nodes x 1 rank; its standard output."""
+    command, added = command_for(cluster, [1, 1], argv)
+    environment = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", **added}
+    done = cluster.run(cluster.head, command, env=environment, capture_output=True,
+                       text=True, timeout=3600)
+    if done.returncode:
+        sys.exit(f"bench_slow_links: {' '.join(argv)} failed:\n{done.stderr}")
+    return done.stdout
+
+
+def job_settings(mode: str, directory: Path) -> list[str]:
+    """--set arguments that train the default job with `mode` into `directory`."""
+    strategy, options = MODES[mode]
+    settings = {"run.directory": str(directory), "strategy.name": strategy,
+                **{f"strategy.{key}": value for key, value in options.items()}}
+    return [argument for key, value in settings.items()
+            for argument in ("--set", f"{key}={json.dumps(value)}")]
+
+
+def print_accuracy(accuracy: dict) -> None:
+    print("\nThe default job (digits, 30 epochs, batch 32) on the same links: final "
+          "validation accuracy, and the epochs and training seconds to come within 1 point "
+          "of allreduce's")
+    print("| link | mode | final val_accuracy | epochs to reach | seconds to reach | "
+          "seconds for 30 epochs |")
+    print("|---|---|---|---|---|---|")
+    for rate, by_mode in accuracy.items():
+        target = by_mode["allreduce"][-1]["val_accuracy"] - 0.01
+        for mode, epochs in by_mode.items():
+            seconds = [record["seconds"] for record in epochs]
+            reached = next((index for index, record in enumerate(epochs, 1)
+                            if record["val_accuracy"] >= target), None)
+            to_reach = ("- | -" if reached is None
+                        else f"{reached} | {sum(seconds[:reached]):.1f}")
+            print(f"| {rate} | {mode} | {epochs[-1]['val_accuracy']:.4f} | {to_reach} | "
+                  f"{sum(seconds):.1f} |")
+
+
+if __name__ == "__main__":
+    main()
