@@ -418,7 +418,8 @@ def _run(prepared: Prepared, comm: Comm, quiet, resume, requests, tag, skipped) 
             comm.abort(1)
         return 1
     if writer:
-        _save_final(prepared, history.history, len(history.epoch), requests)
+        _save_final(prepared, history.history, len(history.epoch), requests,
+                    prepared.strategy.checkpoint_state(prepared.model))
         _report_strategy(prepared, requests, quiet)
     code = _end_together(comm, prepared, requests)
     if code:
@@ -528,7 +529,10 @@ def _finish_trained(prepared: Prepared, comm: Comm, found, quiet: bool) -> int:
     boundary may have left no final.h5."""
     requests = StopRequests()
     if comm.rank == 0 and not (prepared.run_directory / "final.h5").exists():
-        _save_final(prepared, found.history, found.data["epoch"], requests)
+        same = found.attrs["strategy"] == prepared.strategy.name  # its state, as written
+        state = {name: found.strategy_tensor(name)
+                 for name in (found.shapes.get("strategy", {}) if same else {})}
+        _save_final(prepared, found.history, found.data["epoch"], requests, state)
         if requests.error is None and not quiet:
             print(f"model: {prepared.run_directory / 'final.h5'} (from {found.path})")
     return _end_together(comm, prepared, requests)
@@ -547,15 +551,15 @@ def _end_together(comm: Comm, prepared: Prepared, requests: StopRequests) -> int
     return int(code[0])
 
 
-def _save_final(prepared: Prepared, history: dict, epochs: int,
-                requests: StopRequests) -> None:
+def _save_final(prepared: Prepared, history: dict, epochs: int, requests: StopRequests,
+                strategy_state: dict) -> None:
     """final.h5 (rank 0), at the end of epoch `epochs`; a failure is noted in `requests`."""
     strategy = prepared.strategy
     try:
         checkpoint.save(prepared.run_directory / "final.h5", prepared.model, epoch=epochs,
                         history=history, config=prepared.job.text, world_size=strategy.size,
                         strategy=strategy.name, run_id=prepared.run_id,
-                        strategy_state=strategy.checkpoint_state(prepared.model))
+                        strategy_state=strategy_state)
     except MpinnError as error:
         requests.fail(error)
 

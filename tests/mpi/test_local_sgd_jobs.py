@@ -176,3 +176,20 @@ def test_a_checkpoint_every_n_steps_resumes_exactly(tmp_path, launch, settings):
         a, b = final(tmp_path / "whole"), final(tmp_path / f"again-{step}")
         for name, value in a.params.items():
             np.testing.assert_array_equal(b.params[name], value, err_msg=f"{name} from {resume}")
+
+
+@pytest.mark.timeout(120)
+def test_a_finished_run_without_final_h5_writes_it_from_its_last_checkpoint(tmp_path, launch):
+    """As after a stop at the last epoch's very end: --resume auto has nothing to train and
+    writes final.h5, outer step state included, from the newest checkpoint."""
+    sets = ["--set", "strategy.name='local_sgd'", "--set", "strategy.outer_lr=0.7",
+            "--set", "strategy.outer_momentum=0.9", "--set", "training.epochs=3"]
+    assert launch(2, "train", "-q", *sets).returncode == 0
+    names = ("outer_anchor", "outer_momentum")
+    trained = {name: final(tmp_path / "runs" / "digits").strategy_tensor(name) for name in names}
+    (tmp_path / "runs" / "digits" / "final.h5").unlink()
+    again = launch(2, "train", "-q", "--resume", "auto", *sets)
+    assert again.returncode == 0, again.stderr
+    rewritten = final(tmp_path / "runs" / "digits")
+    for name in names:
+        np.testing.assert_array_equal(rewritten.strategy_tensor(name), trained[name])
