@@ -46,6 +46,9 @@ def unavailable() -> "str | None":
     return None
 
 
+REVOKED_SECONDS = 2  # after a requeue, before the job may start again (see start_requeued)
+
+
 def slurm_conf(cluster: Cluster, directory: Path, munge_socket: Path) -> str:
     """The nodes' slurm.conf: every port is the default, as each namespace has its own."""
     nodes = "".join(f"NodeName={node} NodeAddr={cluster.address[node]} CPUs={CPUS} "
@@ -195,18 +198,22 @@ class SlurmNodes:
         shown = self.run("scontrol", "show", "job", str(job_id), check=False).stdout
         return dict(field.split("=", 1) for field in shown.split() if "=" in field)
 
-    def start_requeued(self, job_id: int, timeout: float = 60) -> None:
+    def start_requeued(self, job_id: int, first_start: str, timeout: float = 60) -> None:
         """Start a requeued job now, not after Slurm's requeue delay (AuthInfo's
         cred_expire, 120 s): the new start time is set once the job pends on it, as one set
         while the old run still completes is overwritten. Until then the state may still be
-        the first run's end (FAILED, exit 138) though Restarts has risen: the new run
-        cannot have started before its begin time, so that is waited through."""
+        the first run's: RUNNING while its script ends (the first run began at
+        `first_start`, its StartTime), then its end (FAILED, exit 138), though Restarts has
+        risen; both are waited through. Then REVOKED_SECONDS more: slurmd refuses a
+        credential issued in the second its job's old one was revoked ("Killing
+        non-startable batch job: Job credential revoked", exit 1), as the requeue did."""
         deadline = time.monotonic() + timeout
         while (state := self.job(job_id)).get("Reason") != "BeginTime":
-            if state.get("JobState") == "RUNNING":
-                return  # already started
+            if state.get("JobState") == "RUNNING" and state.get("StartTime") != first_start:
+                return  # the new run has started
             assert time.monotonic() < deadline, f"job {job_id} was not requeued: {state}"
             time.sleep(0.2)
+        time.sleep(REVOKED_SECONDS)
         self.run("scontrol", "update", f"jobid={job_id}", "starttime=now")
 
     def wait(self, job_id: int, timeout: float = 120) -> dict:

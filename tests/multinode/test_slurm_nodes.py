@@ -112,14 +112,17 @@ def test_a_preempted_job_requeues_itself_and_ends_as_an_uninterrupted_one(
     while not checkpoint.list_checkpoints(run_dir):  # mid-run: after the first epoch
         assert time.monotonic() < deadline, slurm_nodes.job(job_id).get("JobState")
         time.sleep(0.05)
+    first_start = slurm_nodes.job(job_id)["StartTime"]
     slurm_nodes.run("scancel", "--signal=USR1", "--batch", str(job_id))
     while slurm_nodes.job(job_id).get("Restarts", "0") == "0":  # `scontrol requeue` by the job
         assert time.monotonic() < deadline, slurm_nodes.job(job_id).get("JobState")
         time.sleep(0.2)
-    slurm_nodes.start_requeued(job_id)
+    slurm_nodes.start_requeued(job_id, first_start)
     state = slurm_nodes.wait(job_id, timeout=100)
     log = (tmp_path / "out.txt").read_text()
-    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", (state, log)
+    fields = {key: state.get(key) for key in ("JobState", "Reason", "ExitCode", "Restarts",
+                                               "SubmitTime", "StartTime", "EndTime")}
+    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", (fields, log)
     assert "stopped by SIGUSR1" in log and "mpinn stopped on a signal (exit 138)" in log
     assert state["NodeList"] == f"{cluster.prefix}n[1-2]"
     assert placed() == two_per_node(cluster)  # the second start's, as the first's

@@ -97,7 +97,10 @@ def test_a_stopped_job_requeues_itself_and_completes(slurm, tmp_path):
            or state.get("JobState") not in ("PENDING", "RUNNING")):
         assert time.monotonic() < deadline, state.get("JobState")
         time.sleep(0.2)
-    slurm.run("scontrol", "update", f"jobid={job_id}", "starttime=now")  # skip the delay
+    # skip the delay, but not into the second the old credential was revoked in (slurmd
+    # refuses it: "Job credential revoked", exit 1)
+    time.sleep(2)
+    slurm.run("scontrol", "update", f"jobid={job_id}", "starttime=now")
     state = slurm.wait(job_id)
     assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1"
     assert checkpoint.read(run_dir / "final.h5").attrs["iterations"] == 12 * 180
