@@ -118,6 +118,17 @@ class Checkpoint:
             dataset = file[f"strategy/{name}"]
             return dataset[()] if row is None else dataset[row]
 
+    def check_strategy_shapes(self, expected: dict) -> None:
+        """DataError unless each strategy tensor named in `expected` (name -> one rank's
+        shape) that the checkpoint holds has that shape; `<name>_by_rank`: world_size such
+        rows."""
+        for name, shape in expected.items():
+            rows = (self.attrs["world_size"],) if name.endswith("_by_rank") else ()
+            stored = self.shapes.get("strategy", {}).get(name)
+            if stored is not None and tuple(stored) != (*rows, *shape):
+                raise DataError(f"{self.path}: strategy state {name} has shape "
+                                f"{tuple(stored)}, the model needs {(*rows, *shape)}")
+
     def verify(self) -> int:
         """Read every tensor once, so that a damaged one (a bad checksum, NaN or Inf) raises
         DataError now; returns how many were read."""

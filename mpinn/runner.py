@@ -138,7 +138,7 @@ def prepare(job: Job, comm: Comm, resume: "str | None" = None, on_skip=None,
     if prepared.resumed is not None:
         prepared.changed = _changes(job, prepared.resumed, resume)
         checkpoint.restore(model, prepared.resumed)
-        strategy.restore_state(prepared.resumed)
+        strategy.restore_state(prepared.resumed, model)
     if comm.rank == 0:
         comm.before_abort.append(prepared.release)
         try:

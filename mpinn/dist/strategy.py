@@ -139,9 +139,11 @@ class Strategy:
         fresh = self._gathered if self._gathered_at == model.optimizer.iterations else {}
         return {**self.shared_state(model), **fresh}
 
-    def restore_state(self, found) -> None:
+    def restore_state(self, found, model) -> None:
         """Before fit, on every rank, when resuming from the checkpoint `found` (any
-        strategy's, any world size): take what this strategy needs of it."""
+        strategy's, any world size) into the built `model`: check that what this strategy
+        takes of it fits the model (DataError, agreed on with the rest of setup) and keep
+        it for setup."""
 
     def finish(self, model) -> None:
         """After the last epoch."""

@@ -91,5 +91,7 @@ class AllreduceStrategy(Strategy):
     def shared_state(self, model):
         return {} if self.compressor is None else self.compressor.shared_state()
 
-    def restore_state(self, found):
+    def restore_state(self, found, model):
+        if self.compressor is not None:
+            found.check_strategy_shapes(self.compressor.expected_shapes(model))
         self._resumed = found

@@ -45,6 +45,10 @@ class ErrorFeedback:
     def shared_state(self) -> dict:
         return {"residual": self.residual}  # rank 0's: after an epoch, all of them
 
+    def expected_shapes(self, model) -> dict:
+        """The shapes restore reads, one rank's (see Checkpoint.check_strategy_shapes)."""
+        return {"residual": model.params.grad.shape, "residual_by_rank": model.params.grad.shape}
+
     def restore(self, found) -> None:
         """Rank r's own residual from a checkpoint of as many ranks; else rank 0 takes the
         sum (the same pending gradient), the others none."""

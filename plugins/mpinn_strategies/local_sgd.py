@@ -146,8 +146,14 @@ class LocalSGDStrategy(Strategy):
     def shared_state(self, model):
         return {"outer_anchor": self.anchor, "outer_momentum": self.momentum} if self.outer else {}
 
-    def restore_state(self, found) -> None:
-        self._resumed = found if found.attrs["strategy"] == self.name else {}
+    def restore_state(self, found, model) -> None:
+        if found.attrs["strategy"] != self.name:
+            self._resumed = {}
+            return
+        shape = model.params.data.shape
+        found.check_strategy_shapes({"outer_anchor": shape, "outer_momentum": shape, **{
+            f"{name}_by_rank": target.shape for name, target in self._rank_targets(model).items()}})
+        self._resumed = found
 
     def _restore(self, model) -> None:
         """After setup, from a resumed checkpoint of this strategy (see the module's

@@ -149,3 +149,4 @@ def test_bad_compression_settings_are_one_line_and_exit_2_on_every_rank(launch, 
     assert run.returncode == 2
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], run.stderr
+

@@ -193,3 +193,4 @@ def test_a_finished_run_without_final_h5_writes_it_from_its_last_checkpoint(tmp_
     rewritten = final(tmp_path / "runs" / "digits")
     for name in names:
         np.testing.assert_array_equal(rewritten.strategy_tensor(name), trained[name])
+
