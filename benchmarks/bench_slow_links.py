@@ -1,10 +1,11 @@
 """Training across slow links: global samples/s of each gradient-exchange mode on two
-emulated nodes (tests/emulated_nodes.py, 1 rank each) joined by a link shaped at each
-rate, side by side in one run, with the bytes each rank sends per step (counted as ring
-algorithms send them: ArrayComm.sent_bytes). Needs
-root. See benchmarks/README.md.
+emulated nodes (tests/emulated_nodes.py, --per-node ranks each) joined by a link shaped
+at each rate, side by side in one run, with the bytes each rank sends per step (counted
+as ring algorithms send them: ArrayComm.sent_bytes). Needs root. See
+benchmarks/README.md.
 
     python benchmarks/bench_slow_links.py [--rates 1gbit,10gbit] [--epochs 4] [--accuracy]
+        [--per-node 1] [--mpi mpich|openmpi]
 
 Each mode trains W1 and W2 (bench_engine's workloads, on epochs of --steps global
 batches) in one fit; an epoch is timed from its start to its end on rank 0, the first
@@ -34,6 +35,7 @@ import mpinn  # noqa: E402
 MODES = {  # name: (strategy, options)
     "allreduce": ("allreduce", {}),
     "allreduce, overlapped": ("allreduce", {"overlap": True}),
+    "allreduce, by node": ("allreduce", {"by_node": True}),
     "allreduce, float16": ("allreduce", {"compression": "float16"}),
     "allreduce, bfloat16": ("allreduce", {"compression": "bfloat16"}),
     "allreduce, PowerSGD r=4": ("allreduce", {"compression": "powersgd"}),
@@ -97,6 +99,8 @@ def main():
     parser.add_argument("--workloads", default="W1,W2")
     parser.add_argument("--modes", default=";".join(MODES), help="names from MODES, by ';'")
     parser.add_argument("--accuracy", action="store_true", help="also train the default job")
+    parser.add_argument("--per-node", type=int, default=1, help="ranks on each of the 2 nodes")
+    parser.add_argument("--mpi", choices=("mpich", "openmpi"), default="mpich")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     names, modes = args.workloads.split(","), args.modes.split(";")
@@ -107,30 +111,33 @@ def main():
         worker(args.epochs, args.steps, names, modes)
         return
     from emulated_nodes import Cluster, unavailable
-    from launchers import mpich_command, mpich_unavailable
+    from launchers import mpich_command, mpich_unavailable, openmpi_command, openmpi_unavailable
 
-    why = unavailable() or mpich_unavailable()
+    command_for, why = {"mpich": (mpich_command, mpich_unavailable()),
+                        "openmpi": (openmpi_command, openmpi_unavailable())}[args.mpi]
+    why = unavailable() or why
     if why:
         sys.exit(f"bench_slow_links: {why}")
-    found, accuracy = {}, {}
+    found, accuracy, per_node = {}, {}, [args.per_node] * 2
     with Cluster(2) as cluster, tempfile.TemporaryDirectory() as runs:
         for rate in args.rates.split(","):
             cluster.shape(rate)
-            found[rate] = json.loads(launch(cluster, mpich_command, [
+            found[rate] = json.loads(launch(cluster, command_for, per_node, [
                 sys.executable, __file__, "--worker", "--epochs", str(args.epochs),
                 "--steps", str(args.steps), "--workloads", args.workloads,
                 "--modes", args.modes]).splitlines()[-1])
             for mode in modes if args.accuracy else []:
                 directory = Path(runs) / f"{rate}-{len(accuracy.get(rate, {}))}"
-                launch(cluster, mpich_command, [
+                launch(cluster, command_for, per_node, [
                     str(Path(sys.executable).parent / "mpinn"), "train", "-q",
                     *job_settings(mode, directory)])
                 lines = (directory / "metrics.jsonl").read_text().splitlines()
                 accuracy.setdefault(rate, {})[mode] = [json.loads(line) for line in lines
                                                        if '"val_accuracy"' in line]
     blas = next(iter(found.values()))["blas"]
-    print(f"2 emulated nodes x 1 rank (MPICH, libfabric tcp); epochs of {args.steps} global "
-          f"batches, median of {args.epochs - 1} epochs after the first")
+    print(f"2 emulated nodes x {args.per_node} rank(s) ({args.mpi}, TCP between nodes); "
+          f"epochs of {args.steps} global batches, median of {args.epochs - 1} epochs after "
+          "the first")
     print("\n".join(f"- {line}" for line in blas))
     print("| workload | link | mode | global samples/s | / allreduce | MB sent per step |")
     print("|---|---|---|---|---|---|")
@@ -148,9 +155,9 @@ def main():
         print_accuracy(accuracy)
 
 
-def launch(cluster, command_for, argv: list[str]) -> str:
-    """`argv` on 2 nodes x 1 rank; its standard output."""
-    command, added = command_for(cluster, [1, 1], argv)
+def launch(cluster, command_for, per_node: list[int], argv: list[str]) -> str:
+    """`argv` on 2 nodes x per_node ranks; its standard output."""
+    command, added = command_for(cluster, per_node, argv)
     environment = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", **added}
     done = cluster.run(cluster.head, command, env=environment, capture_output=True,
                        text=True, timeout=3600)

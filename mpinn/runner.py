@@ -401,7 +401,11 @@ def _run(prepared: Prepared, comm: Comm, quiet, resume, requests, tag, skipped) 
         _tell(f"mpinn: {stop}; {_checkpoint_on_stall(prepared, requests)}", 0)
         comm.abort(stop.exit_code)
         return stop.exit_code
-    except MpinnError as error:  # on one rank, e.g. a metrics log on a full disk
+    except MpinnError as error:
+        if getattr(error, "every_rank", False):  # e.g. a layout a strategy cannot serve
+            return _tell(f"mpinn: error: {error}", error.exit_code) if comm.rank == 0 else (
+                error.exit_code)
+        # on one rank, e.g. a metrics log on a full disk
         _tell(f"{tag}mpinn: {error}", 0)
         comm.abort(error.exit_code)
         return error.exit_code

@@ -114,6 +114,15 @@ class Comm:
         """Until one of the active `requests` completes; returns its index."""
         raise NotImplementedError("point-to-point messages need an MPI world")
 
+    def split(self, color: int) -> "Comm":
+        """Collective: the ranks that give the same `color`, in this one's order, as a
+        Comm whose waits this one's watchdog watches."""
+        raise NotImplementedError("sub-communicators need an MPI world")
+
+    def node(self) -> "Comm":
+        """Collective: the ranks on this rank's node, as split makes them."""
+        raise NotImplementedError("sub-communicators need an MPI world")
+
     def shared_memory(self, nbytes: int) -> "SharedMemory | None":
         """`nbytes` of memory of this rank's own that the ranks on its node read and write
         directly; collective over all ranks (see SharedMemory). None on every rank where
@@ -270,6 +279,12 @@ class MPIComm(Comm):
         self._wait(first, operation)
         return first.index
 
+    def split(self, color):
+        return _SubComm(self, self.comm.Split(color, self.rank))
+
+    def node(self):
+        return _SubComm(self, self.comm.Split_type(self.MPI.COMM_TYPE_SHARED))
+
     def shared_memory(self, nbytes):
         node = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED)
         asked = np.array([float(nbytes)])
@@ -296,6 +311,37 @@ class MPIComm(Comm):
         time.sleep(OUTPUT_SECONDS)  # the launcher forwards what was printed before it kills
         self.MPI.COMM_WORLD.Abort(code)
         os._exit(code)  # MPI_Abort may return once it has told the launcher
+
+
+class _SubComm(MPIComm):
+    """Some of `parent`'s ranks (see Comm.split): its waits are the parent's watchdog's,
+    at the parent's place in the run."""
+
+    def __init__(self, parent: MPIComm, comm):  # not MPIComm.__init__: no new world
+        Comm.__init__(self)
+        self.parent, self.MPI, self.comm = parent, parent.MPI, comm
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self.library, self.status = parent.library, parent.MPI.Status()
+        self._progress_comm, self.watchdog = parent._progress_comm, parent.watchdog
+        self.before_abort = parent.before_abort
+
+    @property
+    def watched(self):
+        return self.parent.watched
+
+    @property
+    def where(self):
+        return self.parent.where
+
+    def at(self, where):
+        self.parent.at(where)
+
+    def abort(self, code=1):
+        self.parent.abort(code)
+
+    def free(self) -> None:
+        """Collective over its ranks: the communicator is gone."""
+        self.comm.Free()
 
 
 SHARED_MEMORY = "/dev/shm"  # where MPICH and Open MPI keep a node's shared memory

@@ -5,11 +5,15 @@ applies the same optimizer step, so all ranks hold the same parameters throughou
 `compression` puts fewer bytes on the wire, with error feedback (compression.py):
 "float16" or "bfloat16" (half the bytes), or "powersgd" (Dense kernels as rank-r
 products, `powersgd_rank`). `overlap` sends the gradients in buckets of `bucket_mb` while
-backward still computes (overlap.py)."""
+backward still computes (overlap.py). `by_node` sums inside each node through shared
+memory and across nodes once per node (by_node.py): "auto" (the default) wherever it can
+(host arrays, as many ranks on every node, room in /dev/shm, neither overlap nor
+compression), true to insist, false for one flat Allreduce."""
 
 from mpinn.dist import Strategy
 from mpinn.errors import ConfigError, choose
 
+from .by_node import NodeExchange
 from .compression import HalfPrecision, PowerSGD
 from .overlap import OverlappedExchange
 
@@ -20,10 +24,18 @@ class AllreduceStrategy(Strategy):
     name = "allreduce"
 
     def __init__(self, comm, compression: str = "none", powersgd_rank: "int | None" = None,
-                 overlap: bool = False, bucket_mb: float = 4.0):
+                 overlap: bool = False, bucket_mb: float = 4.0,
+                 by_node: "bool | str" = "auto"):
         super().__init__(comm)
         if not isinstance(overlap, bool):
             raise ConfigError(f"allreduce: overlap must be true or false; received: {overlap!r}")
+        if not (isinstance(by_node, bool) or by_node == "auto"):
+            raise ConfigError("allreduce: by_node must be true, false or 'auto'; received: "
+                              f"by_node={by_node!r}")
+        if by_node is True and (overlap or compression != "none"):
+            raise ConfigError("allreduce: by_node goes with overlap = false and compression "
+                              f"'none' only; received: overlap={overlap!r}, "
+                              f"compression={compression!r}")
         if overlap and compression != "none":
             raise ConfigError("allreduce: overlap goes with compression 'none' only; "
                               f"received: compression={compression!r}")
@@ -48,6 +60,10 @@ class AllreduceStrategy(Strategy):
         elif self.size > 1 and compression != "none":
             self.compressor = HalfPrecision(compression)
         self._resumed = None
+        wanted = by_node is True or (by_node == "auto" and not overlap
+                                     and compression == "none")
+        self.node_exchange = NodeExchange(by_node is True) if wanted and self.size > 1 else None
+        self.by_node = False  # whether this fit's exchange goes node by node
 
     def setup(self, model):
         super().setup(model)
@@ -57,6 +73,7 @@ class AllreduceStrategy(Strategy):
             if self._resumed is not None:
                 self.compressor.restore(self._resumed)
         self._resumed = None
+        self.by_node = self.node_exchange is not None and self.node_exchange.setup(self, model)
         if self.overlapped is not None and self.arrays.direct:
             self.overlapped.setup(model, self.arrays)
             self.layer_done = self.overlapped.layer_done
@@ -72,6 +89,8 @@ class AllreduceStrategy(Strategy):
         compressor's exchange."""
         if self.layer_done is not None:
             self.overlapped.finish()
+        elif self.by_node:
+            self.node_exchange.exchange(model.params.grad)
         elif self.compressor is not None:
             self.compressor.exchange(model.params.grad)
         elif self.size > 1:
@@ -80,6 +99,8 @@ class AllreduceStrategy(Strategy):
     def finish(self, model):
         if self.overlapped is not None:
             self.overlapped.close()
+        if self.by_node:
+            self.node_exchange.close(model)
 
     def end_epoch(self, model):
         if self.compressor is not None:

@@ -1,6 +1,7 @@
 """`mpinn` across two emulated nodes (2 nodes x 2 ranks), with MPICH and with Open MPI:
 each rank knows its host and its place on its node, the trained model equals the one 4
-ranks train on one node, rank 0 alone writes, and a rank killed on the second node ends
+ranks train on one node (allreduce node by node), `by_node` on 3 + 1 ranks, rank 0 alone
+writes, and a rank killed on the second node ends
 the job, which then resumes."""
 
 import os
@@ -49,6 +50,24 @@ def test_two_nodes_train_the_model_of_one_node(tmp_path, across, strategy):
     one, two = final(tmp_path / "one"), final(tmp_path / "two")
     for key, value in one.items():
         np.testing.assert_allclose(two[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.timeout(240)
+def test_by_node_needs_as_many_ranks_on_every_node(tmp_path, across):
+    """3 ranks on one node and 1 on the other: "auto" trains by one flat Allreduce, as
+    false does; true is one line, exit 2."""
+    for setting, name in (("'auto'", "auto"), ("false", "flat")):
+        done = across([3, 1], *TRAIN, "--set", f"strategy.by_node={setting}",
+                      "--set", f"run.directory='{name}'").finish()
+        assert done.returncode == 0, done.stderr
+    auto, flat = final(tmp_path / "auto"), final(tmp_path / "flat")
+    for key, value in flat.items():
+        np.testing.assert_array_equal(auto[key], value, err_msg=key)
+    insisted = across([3, 1], *TRAIN, "--set", "strategy.by_node=true").finish()
+    assert insisted.returncode == 2
+    said = [line for line in insisted.stderr.splitlines() if "mpinn" in line]  # Open MPI's
+    assert said == ["mpinn: error: allreduce: by_node needs as many ranks on every node; "
+                    "found 1 to 3"], insisted.stderr  # launcher adds a banner of its own
 
 
 @pytest.mark.timeout(120)

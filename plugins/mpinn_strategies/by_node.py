@@ -1,0 +1,99 @@
+"""The allreduce strategy's exchange node by node (`by_node`): inside a node through
+shared memory, across nodes by one Allreduce per slice, so that each node sends the
+gradient over the network once however many ranks it runs (a flat Allreduce sends it
+once per rank whose ring neighbour is on another node, unless the MPI library arranges
+its ranks by node itself, as MPICH does).
+
+Every rank computes its gradient straight into its own part of an MPI shared-memory
+window of its node. With L ranks on every node, the flat buffer is cut into L slices;
+then, per step:
+1. a node barrier: every gradient of the node is written;
+2. local rank j sums slice j of the node's gradients into its own (its own first, then
+   the others in local rank order: the same sum on every run);
+3. local rank j sums its slice with the other nodes' local ranks j (one Allreduce of S/L
+   per rank, all L at once: the node's bytes on the network are S, both ways);
+4. a node barrier, then every rank copies the other slices from their owners, and a
+   last barrier before anyone's next gradient overwrites a slice being read.
+The result equals a flat Allreduce's up to float rounding. It needs host arrays, the
+same number of ranks on every node and room in /dev/shm: where one lacks, the exchange is
+one flat Allreduce, or, where the job insists (`by_node = true`), the first two are a
+ConfigError."""
+
+import numpy as np
+
+from mpinn.errors import ConfigError
+
+
+class NodeExchange:
+    def __init__(self, required: bool):
+        self.required = required  # a layout it cannot serve is an error, not a fallback
+
+    def setup(self, strategy, model) -> bool:
+        """Move the model's gradient into shared memory; False (nothing changed) where it
+        cannot (see the module's docstring)."""
+        comm, grad = strategy.comm, model.params.grad
+        sizes = np.array([comm.local_size, -comm.local_size], np.float64)
+        comm.allreduce_max(sizes)
+        problem = None
+        if sizes[0] != -sizes[1]:
+            problem = (f"by_node needs as many ranks on every node; found {-sizes[1]:.0f} to "
+                       f"{sizes[0]:.0f}")
+        elif model.backend.device is not None:
+            problem = ("by_node needs host arrays (the numpy backend): the ranks of a node "
+                       "share their gradients in host memory")
+        if problem and self.required:
+            raise _every_rank(f"allreduce: {problem}")
+        if problem:
+            return False
+        self.shared = comm.shared_memory(grad.nbytes)
+        if self.shared is None:
+            return False
+        self.node, self.cross = comm.node(), comm.split(comm.local_rank)
+        ranks = sorted(self.shared.node_ranks, key=self.shared.node_ranks.get)
+        self.gradients = [self.shared.array(rank, grad.size, grad.dtype) for rank in ranks]
+        mine = self.gradients[comm.local_rank]
+        mine[...] = grad
+        model.swap_buffers(grad=mine)
+        count = len(ranks)
+        self.bounds = [(grad.size * j // count, grad.size * (j + 1) // count)
+                       for j in range(count)]
+        self.local_rank, self.arrays = comm.local_rank, strategy.arrays
+        return True
+
+    def exchange(self, grad) -> None:
+        start, stop = self.bounds[self.local_rank]
+        self._barrier()
+        mine = grad[start:stop]
+        for index, gradient in enumerate(self.gradients):
+            if index != self.local_rank:
+                mine += gradient[start:stop]
+        if self.cross.size > 1:
+            self.cross.allreduce_sum(mine)  # counted as ArrayComm counts (a ring's bytes)
+            self.arrays.sent_bytes += 2 * mine.nbytes * (self.cross.size - 1) // self.cross.size
+        self._barrier()
+        for index, (first, last) in enumerate(self.bounds):
+            if index != self.local_rank:
+                grad[first:last] = self.gradients[index][first:last]
+        self._barrier()
+
+    def _barrier(self) -> None:
+        """The node's writes to shared memory so far are seen by all its ranks."""
+        self.shared.sync()
+        self.node.allreduce_sum(np.zeros(1))
+        self.shared.sync()
+
+    def close(self, model) -> None:
+        """After training (collective): the model keeps its gradient buffer, the shared
+        memory and the sub-communicators go."""
+        model.swap_buffers(grad=model.params.grad.copy())
+        self.shared.free()
+        self.node.free()
+        self.cross.free()
+
+
+def _every_rank(message: str) -> ConfigError:
+    """An error of the layout every rank sees alike, past the ranks' agreement on setup:
+    rank 0 alone says it (see Comm.excepthook)."""
+    error = ConfigError(message)
+    error.every_rank = True
+    return error
