@@ -140,7 +140,7 @@ def test_a_slow_but_busy_rank_is_not_a_stall(tmp_path, launch):
     directory = tmp_path / "run"
     write_job(tmp_path / "job.toml", directory, epochs=2, warn=0.5, abort=1.5, units=512,
               batch_size=32, extra='\n[strategy]\nname = "ps"\n[data]\ndataset = "blobs"\n'
-                                   'samples = 32000\nfeatures = 256\nvalidation_split = 0.0\n')
+                                   'samples = 128000\nfeatures = 256\nvalidation_split = 0.0\n')
     job = launch(3, "train", "job.toml", "-q")
     slow = job.rank_pid(2)
     while job.process.poll() is None and not (directory / "metrics.jsonl").exists():
