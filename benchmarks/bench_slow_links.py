@@ -33,7 +33,7 @@ from bench_engine import WORKLOADS, blas_description, make_data, mpinn_model  # 
 import mpinn  # noqa: E402
 
 MODES = {  # name: (strategy, options)
-    "allreduce": ("allreduce", {}),
+    "allreduce": ("allreduce", {"by_node": False}),  # one flat Allreduce
     "allreduce, overlapped": ("allreduce", {"overlap": True}),
     "allreduce, by node": ("allreduce", {"by_node": True}),
     "allreduce, float16": ("allreduce", {"compression": "float16"}),
