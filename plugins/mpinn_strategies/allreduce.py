@@ -6,9 +6,10 @@ applies the same optimizer step, so all ranks hold the same parameters throughou
 "float16" or "bfloat16" (half the bytes), or "powersgd" (Dense kernels as rank-r
 products, `powersgd_rank`). `overlap` sends the gradients in buckets of `bucket_mb` while
 backward still computes (overlap.py). `by_node` sums inside each node through shared
-memory and across nodes once per node (by_node.py): "auto" (the default) wherever it can
-(host arrays, as many ranks on every node, room in /dev/shm, neither overlap nor
-compression), true to insist, false for one flat Allreduce."""
+memory and across nodes once per node (by_node.py): "auto" (the default) where the job
+spans several nodes with several ranks on a node and it can (host arrays, as many ranks
+on every node, room in /dev/shm, neither overlap nor compression), true to insist, false
+for one flat Allreduce."""
 
 from mpinn.dist import Strategy
 from mpinn.errors import ConfigError, choose
@@ -90,7 +91,7 @@ class AllreduceStrategy(Strategy):
         if self.layer_done is not None:
             self.overlapped.finish()
         elif self.by_node:
-            self.node_exchange.exchange(model.params.grad)
+            self.node_exchange.exchange(model)
         elif self.compressor is not None:
             self.compressor.exchange(model.params.grad)
         elif self.size > 1:
@@ -101,6 +102,9 @@ class AllreduceStrategy(Strategy):
             self.overlapped.close()
         if self.by_node:
             self.node_exchange.close(model)
+
+    def report(self):
+        return {"by_node": True} if self.by_node else {}
 
     def end_epoch(self, model):
         if self.compressor is not None:

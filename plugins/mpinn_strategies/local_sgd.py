@@ -7,6 +7,11 @@ Lin et al. 2020; DiLoCo, Douillard et al. 2023, with an outer optimizer).
   exactly as `allreduce`); so is every step with `sync_every = 1`.
 - `average_optimizer`: average the optimizer state (e.g. Adam's moments) with the
   parameters; by default each rank keeps its own.
+- `replica = "node"`: each node trains one copy of the model (the ranks of a node sum
+  their gradients every step, through MPI inside the node, as `allreduce` does) and the
+  nodes average their copies every `sync_every` steps: the slow links carry the model
+  once per H steps, the fast ones a gradient every step. "rank" (the default): every
+  rank is a replica.
 - `outer_lr`, `outer_momentum`: the outer step on the ranks' average. The ranks keep the
   parameters of the last synchronisation (the anchor); the outer gradient is the anchor
   minus the average, and a Nesterov momentum step of `outer_lr` moves the anchor, which
@@ -21,12 +26,13 @@ the same number of ranks it continues exactly; on another, every rank starts fro
 mean. Its `/params` are rank 0's.
 """
 
+import json
 import math
 
 import numpy as np
 
-from mpinn.dist import Strategy
-from mpinn.errors import ConfigError
+from mpinn.dist import ArrayComm, Strategy
+from mpinn.errors import ConfigError, choose
 from mpinn.optim import global_norm
 
 
@@ -35,8 +41,9 @@ class LocalSGDStrategy(Strategy):
 
     def __init__(self, comm, sync_every: int = 8, warmup_steps: int = 0,
                  average_optimizer: bool = False, outer_lr: float = 1.0,
-                 outer_momentum: float = 0.0):
+                 outer_momentum: float = 0.0, replica: str = "rank"):
         super().__init__(comm)
+        choose("local_sgd replica", replica, ("rank", "node"))
         _whole("sync_every", sync_every, 1)
         _whole("warmup_steps", warmup_steps, 0)
         if not isinstance(average_optimizer, bool):
@@ -52,6 +59,8 @@ class LocalSGDStrategy(Strategy):
         self.average_optimizer = average_optimizer
         self.outer_lr, self.outer_momentum = float(outer_lr), float(outer_momentum)
         self.outer = self.outer_lr != 1.0 or self.outer_momentum != 0.0
+        self.replica = replica
+        self.node = None  # replica "node": the node's ranks (ArrayComm) and world ranks
         self.synchronisations = 0
         # whether the ranks' parameters, and their optimizer states, differ
         self._params_apart = self._state_apart = False
@@ -65,6 +74,12 @@ class LocalSGDStrategy(Strategy):
         if self.outer:
             self.anchor = model.backend.xp.array(model.params.data)
             self.momentum = model.backend.xp.zeros_like(model.params.data)
+        if self.replica == "node" and self.size > 1 and self.node is None:
+            node = self.comm.node()
+            self.node = ArrayComm(node, model.backend)
+            self.node_ranks = [int(rank) for rank in
+                               (json.loads(text) for text in
+                                node.allgather_bytes(json.dumps(self.rank).encode()))]
         self._restore(model)
 
     def synchronous(self) -> bool:
@@ -74,7 +89,14 @@ class LocalSGDStrategy(Strategy):
     def gradient_scale(self, local_samples, global_samples):
         if self.synchronous():
             return local_samples / global_samples
+        if self.node is not None:  # its share of its node's samples
+            return local_samples / self._node_samples(global_samples)
         return 1.0  # this rank's own mean gradient
+
+    def _node_samples(self, count: int) -> int:
+        """How many of a global batch of `count` samples this rank's node trains."""
+        return sum(count * (rank + 1) // self.size - count * rank // self.size
+                   for rank in self.node_ranks)
 
     def apply_gradients(self, model, local_samples, global_samples):
         if self.synchronous():
@@ -85,6 +107,8 @@ class LocalSGDStrategy(Strategy):
                 self.anchor[...] = model.params.data
             return
         before = model.optimizer.iterations
+        if self.node is not None:
+            self.node.allreduce_sum(model.params.grad)
         if model.optimizer.skip_nonfinite:
             self._agree_finite(model)
         model.optimizer.apply(model.params)

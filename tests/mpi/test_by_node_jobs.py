@@ -27,7 +27,7 @@ model = mpinn.Sequential([mpinn.Dense(48, activation="tanh", input_shape=(64,)),
 model.compile("adam", "sparse_categorical_crossentropy")
 strategy = mpinn.strategy("allreduce", by_node=setting)
 model.fit(x[:900], y[:900], batch_size=50, epochs=2, verbose=0, strategy=strategy)
-assert strategy.by_node == (setting is not False), strategy.by_node
+assert strategy.by_node == (setting is True), strategy.by_node  # auto: not on one node
 assert model.params.grad.flags.owndata  # out of shared memory once trained
 np.save(f"params-{sys.argv[1]}-{strategy.rank}.npy", model.params.data)
 """
@@ -56,8 +56,8 @@ def test_by_node_trains_allreduces_model(tmp_path, launch, ranks):
 
 @pytest.mark.timeout(200)
 def test_every_setting_from_python_keeps_the_ranks_equal(tmp_path):
-    """auto goes node by node on one node, as true does (the same bits); any rank's failed
-    check ends the job."""
+    """On one node auto is the flat call, as false is (the same bits), and true goes node
+    by node; any rank's failed check ends the job."""
     if MPIEXEC is None:
         pytest.skip("mpiexec is not installed")
     (tmp_path / "fit.py").write_text(STRATEGY)
@@ -69,7 +69,7 @@ def test_every_setting_from_python_keeps_the_ranks_equal(tmp_path):
         for row in rows[1:]:
             np.testing.assert_array_equal(row, rows[0])
     np.testing.assert_array_equal(np.load(tmp_path / "params-auto-0.npy"),
-                                  np.load(tmp_path / "params-true-0.npy"))
+                                  np.load(tmp_path / "params-false-0.npy"))
 
 
 @pytest.mark.timeout(120)

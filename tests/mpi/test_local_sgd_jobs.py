@@ -146,6 +146,7 @@ def test_a_stop_mid_interval_resumes_on_another_world_size_from_the_mean(tmp_pat
                                          "received: 'yes'"),
     ("strategy.sync_evry=4", "[strategy] ('local_sgd'): unknown key sync_evry; allowed: "
                              "sync_every, warmup_steps"),
+    ("strategy.replica='nodes'", "unknown local_sgd replica 'nodes'; allowed: node, rank"),
 ])
 def test_bad_settings_are_one_line_and_exit_2_on_every_rank(tmp_path, launch, setting, message):
     run = launch(2, "train", "-q", "--set", "strategy.name='local_sgd'", "--set", setting)
@@ -194,3 +195,20 @@ def test_a_finished_run_without_final_h5_writes_it_from_its_last_checkpoint(tmp_
     for name in names:
         np.testing.assert_array_equal(rewritten.strategy_tensor(name), trained[name])
 
+
+
+@pytest.mark.timeout(240)
+def test_node_replicas_on_one_node_equal_allreduce_bit_for_bit(tmp_path, launch):
+    """replica = "node" with every rank on one node: each step sums the node's gradients,
+    as allreduce does; the averages every sync_every steps then leave the equal copies
+    as they are (on 2 ranks, (a + a) / 2 = a)."""
+    assert launch(2, "train", small_job(tmp_path, "allreduce"), "-q",
+                  "--set", "strategy.by_node=false").returncode == 0
+    run = launch(2, "train", small_job(tmp_path, "local"), "-q", "--set",
+                 "strategy.name='local_sgd'", "--set", "strategy.replica='node'",
+                 "--set", "strategy.sync_every=3")
+    assert run.returncode == 0, run.stderr
+    a, b = final(tmp_path / "allreduce"), final(tmp_path / "local")
+    for name, value in a.params.items():
+        np.testing.assert_array_equal(b.params[name], value, err_msg=name)
+    assert records(tmp_path / "local")[-1]["synchronisations"] > 0

@@ -1,9 +1,10 @@
 """`mpinn` across two emulated nodes (2 nodes x 2 ranks), with MPICH and with Open MPI:
 each rank knows its host and its place on its node, the trained model equals the one 4
-ranks train on one node (allreduce node by node), `by_node` on 3 + 1 ranks, rank 0 alone
-writes, and a rank killed on the second node ends
+ranks train on one node (allreduce node by node), `by_node` on 3 + 1 ranks, local SGD with a
+replica per node, rank 0 alone writes, and a rank killed on the second node ends
 the job, which then resumes."""
 
+import json
 import os
 import re
 import signal
@@ -50,6 +51,13 @@ def test_two_nodes_train_the_model_of_one_node(tmp_path, across, strategy):
     one, two = final(tmp_path / "one"), final(tmp_path / "two")
     for key, value in one.items():
         np.testing.assert_allclose(two[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+    if strategy == "allreduce":  # by_node "auto": node by node across the nodes alone
+        assert [last_record(tmp_path / name).get("by_node") for name in ("two", "one")] == [
+            True, None]
+
+
+def last_record(directory) -> dict:
+    return json.loads((directory / "metrics.jsonl").read_text().splitlines()[-1])
 
 
 @pytest.mark.timeout(240)
@@ -68,6 +76,22 @@ def test_by_node_needs_as_many_ranks_on_every_node(tmp_path, across):
     said = [line for line in insisted.stderr.splitlines() if "mpinn" in line]  # Open MPI's
     assert said == ["mpinn: error: allreduce: by_node needs as many ranks on every node; "
                     "found 1 to 3"], insisted.stderr  # launcher adds a banner of its own
+
+
+@pytest.mark.timeout(240)
+def test_local_sgd_node_replicas_keep_one_model_per_node(tmp_path, across):
+    """replica = "node": a checkpoint between synchronisations (step 10, every 7) holds
+    one row per rank, equal within each node and different across them."""
+    done = across([2, 2], MPINN, "train", "-q", "--set", "training.epochs=1",
+                  "--set", "strategy.name='local_sgd'", "--set", "strategy.replica='node'",
+                  "--set", "strategy.sync_every=7", "--set", "checkpoint.every_steps=10",
+                  "--set", "checkpoint.keep=10", "--set", "run.directory='run'").finish()
+    assert done.returncode == 0, done.stderr
+    rows = checkpoint.read(tmp_path / "run" / "ckpt-000000010.h5").strategy_tensor(
+        "params_by_rank")
+    np.testing.assert_array_equal(rows[0], rows[1])
+    np.testing.assert_array_equal(rows[2], rows[3])
+    assert not np.array_equal(rows[0], rows[2])
 
 
 @pytest.mark.timeout(120)
