@@ -85,9 +85,7 @@ class HalfPrecision(ErrorFeedback):
     def setup(self, strategy, model) -> None:
         super().setup(strategy, model)
         grad, xp = model.params.grad, self.xp
-        make = getattr(model.backend, "half_codec", None)
-        codec = make(self.kind) if make is not None and grad.size >= FUSED_FROM else None
-        self.codec = codec or ArrayHalfCodec(xp, self.kind)
+        self.codec = half_codec(model, self.kind)
         self.chunk = -(-grad.size // self.size)
         self.outgoing = xp.zeros(self.size * self.chunk, xp.uint16)  # the wire: half's bits
         self.incoming = xp.empty((self.size, self.chunk), xp.uint16)
@@ -116,13 +114,66 @@ class HalfPrecision(ErrorFeedback):
         self.apart = True
 
     def _scale(self, largest: float) -> float:
-        """The power of two that puts the largest sum just below HALF_ROOM (1 for bf16)."""
-        if self.kind == "bfloat16" or largest == 0:
-            return 1.0
-        scale = 2.0 ** math.floor(math.log2(HALF_ROOM / (largest * self.size)))
-        while largest * scale * self.size > HALF_ROOM:
-            scale /= 2
+        return half_scale(self.kind, largest * self.size)
+
+
+def half_scale(kind: str, largest: float) -> float:
+    """The power of two that puts `largest` (a sum's largest magnitude) just below
+    HALF_ROOM in float16 (1 for bfloat16, which has float32's range)."""
+    if kind == "bfloat16" or largest == 0:
+        return 1.0
+    scale = 2.0 ** math.floor(math.log2(HALF_ROOM / largest))
+    while largest * scale > HALF_ROOM:
+        scale /= 2
+    return scale
+
+
+def half_codec(model, kind: str):
+    """The backend's `half_codec` where it has one (NumPy: numba) and the model is large
+    enough to gain from it (FUSED_FROM parameters, as fused optimizer steps), else
+    ArrayHalfCodec."""
+    make = getattr(model.backend, "half_codec", None)
+    codec = make(kind) if make is not None and model.params.size >= FUSED_FROM else None
+    return codec or ArrayHalfCodec(model.backend.xp, kind)
+
+
+class CompressedPushes:
+    """A parameter-server worker's pushes in half precision with error feedback: each
+    push carries gradient + residual in float16 (scaled by a power of two of the worker's
+    own, sent in the push's header) or bfloat16, and what rounding left out is the
+    residual of the next. The servers decode into the model's dtype before their step."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+
+    def setup(self, model) -> None:
+        self.xp = xp = model.backend.xp
+        self.codec = half_codec(model, self.kind)
+        self.residual = xp.zeros_like(model.params.grad)
+        self.wire = xp.zeros(model.params.size, xp.uint16)  # in flight until the next push
+
+    def encode(self, gradient) -> float:
+        """gradient + residual, in `wire` (gradient keeps the sum); returns the scale."""
+        gradient += self.residual
+        largest = float(max(gradient.max(), -gradient.min())) if gradient.size else 0.0
+        scale = half_scale(self.kind, largest) if math.isfinite(largest) else 1.0
+        self.codec.encode(gradient, scale, self.wire, self.residual)
+        if not math.isfinite(largest):  # the step is skipped or the run stops
+            self.residual[...] = 0
         return scale
+
+    def restore(self, found, rank: int, first_worker: int, size: int) -> None:
+        """This worker's residual from a checkpoint of as many ranks; else the first
+        worker takes their sum (the same pending gradient), the others none."""
+        if "residual_by_rank" not in found.shapes.get("strategy", {}):
+            return
+        if found.attrs["world_size"] == size:
+            value = found.strategy_tensor("residual_by_rank", row=rank)
+        elif rank == first_worker:
+            value = found.strategy_tensor("residual_by_rank").sum(axis=0)
+        else:
+            return
+        self.residual[...] = self.xp.asarray(value, dtype=self.residual.dtype)
 
 
 class ArrayHalfCodec:

@@ -77,8 +77,13 @@ from mpinn.dist import Strategy
 from mpinn.errors import ConfigError, choose
 from mpinn.optim import global_norm
 
+from .compression import CompressedPushes, half_codec
+
 PUSH, GRADIENT, REPLY, PARAMETERS, STATE = 1, 2, 3, 4, 5  # message tags
-HEADER = 5  # pushed: [version, samples, gradient norm, pull, spare half]; replied: [version]
+# pushed: [version, samples, gradient norm, pull, spare half, half-precision scale];
+# replied: [version]
+HEADER = 6
+COMPRESSIONS = ("none", "float16", "bfloat16")
 
 
 class ParameterServerStrategy(Strategy):
@@ -87,18 +92,19 @@ class ParameterServerStrategy(Strategy):
 
     def __init__(self, comm, mode: str = "async", staleness: "int | None" = None,
                  staleness_aware_lr: bool = False, servers: int = 1, push_every: int = 1,
-                 pull_every: int = 1):
+                 pull_every: int = 1, compression: str = "none"):
         super().__init__(comm)
         choose("ps mode", mode, ("sync", "async"))
+        choose("ps compression", compression, COMPRESSIONS)
         if staleness is not None:
             _count("staleness", staleness, 0, " (omit it for no bound)")
         for name, value in (("servers", servers), ("push_every", push_every),
                             ("pull_every", pull_every)):
             _count(name, value, 1)
         if mode == "sync" and (staleness is not None or staleness_aware_lr
-                               or push_every != 1 or pull_every != 1):
-            raise ConfigError("ps: staleness, staleness_aware_lr, push_every and pull_every "
-                              "apply to mode 'async' only")
+                               or push_every != 1 or pull_every != 1 or compression != "none"):
+            raise ConfigError("ps: staleness, staleness_aware_lr, push_every, pull_every and "
+                              "compression apply to mode 'async' only")
         if comm.size < 2:
             raise ConfigError("strategy 'ps' needs at least 2 ranks (rank 0 serves, the others "
                               "train): run it under mpirun -n 2 or more, or use 'allreduce'")
@@ -117,6 +123,10 @@ class ParameterServerStrategy(Strategy):
         self.largest_lead = 0
         self.serving_seconds = 0.0
         self.seconds = Counter()  # a server's: receiving, in the optimizer, replying
+        self.compression = compression
+        self.compressed = None  # a worker's CompressedPushes
+        self.codec = None  # a server's half-precision codec, with compression
+        self._resumed = None
         self._records: list[dict] = []  # every server's, gathered on rank 0 at the end
 
     # ------------------------------------------------------------------ every rank
@@ -135,14 +145,21 @@ class ParameterServerStrategy(Strategy):
                     0 if self.serves else 2 * model.params.data.nbytes)
             elif self.comm.local_size == self.size:  # one node: see _share_the_model
                 self._share_the_model(model)
+        if self.compression != "none" and not self.arrays.direct:
+            error = ConfigError("ps: compression needs arrays MPI reads directly (host "
+                                "arrays, or CUDA-aware MPI)")
+            error.every_rank = True
+            raise error
         if self.serves:
             start, stop = self.bounds[self.rank]
             self.part = model.params.part(start, stop)
             self.optimizer = model.optimizer.sliced(self.part, start, stop)
             model.params.grad[...] = 0  # a server adds zeros to the workers' sums
             if self.mode == "async":
+                compressed = self.compression != "none"
+                self.codec = half_codec(model, self.compression) if compressed else None
                 self._pushes = {worker: _Inbox(self.arrays, self.part.grad,
-                                               self._halves(model, worker))
+                                               self._halves(model, worker), compressed)
                                 for worker in range(self.servers, self.size)}
         elif self.mode == "async":
             self._push = _Outbox(self.arrays, model, self.servers, self.overlap,
@@ -151,6 +168,12 @@ class ParameterServerStrategy(Strategy):
             self._summed_steps = self._summed_samples = 0
             if self.push_every > 1:
                 self._sum = model.backend.xp.empty_like(model.params.grad)
+            if self.compression != "none":
+                self.compressed = CompressedPushes(self.compression)
+                self.compressed.setup(model)
+                if self._resumed is not None:
+                    self.compressed.restore(self._resumed, self.rank, self.servers, self.size)
+        self._resumed = None
         self._share_versions()
 
     def _share_the_model(self, model):
@@ -218,6 +241,8 @@ class ParameterServerStrategy(Strategy):
                 self.arrays.broadcast(model.params.data[start:stop], root=server)
         if self.serves:
             self._gather_optimizer(model)
+        if self.compression != "none" and self.mode == "async":
+            self.gather_state(model)  # the workers' residuals, for rank 0's checkpoint
         self._share_versions()
 
     def _share_versions(self):
@@ -243,6 +268,21 @@ class ParameterServerStrategy(Strategy):
             model.swap_buffers(data=model.params.data.copy(), grad=model.params.grad.copy())
             self.shared.free()
             self.shared = None
+
+    # ------------------------------------------------------------- checkpoints
+    def rank_state(self, model):
+        """With compression, each worker's residual (a server's: zeros), gathered at every
+        epoch's end, so that rank 0's checkpoints resume exactly."""
+        if self.compression == "none" or self.mode != "async":
+            return {}
+        if self.compressed is not None:
+            return {"residual": self.compressed.residual}
+        return {"residual": model.backend.xp.zeros_like(model.params.grad)}
+
+    def restore_state(self, found, model):
+        if self.compression != "none" and found.attrs["strategy"] == self.name:
+            found.check_strategy_shapes({"residual_by_rank": model.params.grad.shape})
+            self._resumed = found
 
     # ----------------------------------------------------------------------- worker
     def apply_gradients(self, model, local_samples, global_samples):
@@ -273,10 +313,16 @@ class ParameterServerStrategy(Strategy):
             self._take_replies(model)  # its parameters are for the next gradient
         self._pushed += 1
         pull = self._pushed % self.pull_every == 0
+        scale = 1.0
+        if self.compressed is not None:
+            scale = self.compressed.encode(gradient)  # gradient + residual, in half
+            outgoing = self.compressed.wire
+        else:
+            outgoing = push.outgoing(model, gradient)
         norm = global_norm(gradient) if self._needs_norm else 0.0
         push.headers[:, 0] = computed_on
-        push.headers[:, 1:] = (samples, norm, pull, push.spare)
-        outgoing = push.outgoing(model, gradient)
+        push.headers[:, 1:] = (samples, norm, pull, push.spare, scale)
+        self.arrays.sent_bytes += outgoing.nbytes
         incoming = push.incoming(model) if pull else None
         push.sends, push.receives, push.pull = [], [], pull
         for server, (start, stop) in enumerate(self.bounds):
@@ -375,11 +421,11 @@ class ParameterServerStrategy(Strategy):
             push = self._pushes[worker]
             self.comm.wait_all(push.receives, "receive")
             clock.lap("receive")
-            version, samples, norm, pull, half = push.headers[0]
+            version, samples, norm, pull, half, scale = push.headers[0]
             lag = self.version - int(version)
             if samples:
                 self.optimizer.apply(
-                    self.part, grad=self._gradient(push.buffer),
+                    self.part, grad=self._gradient(push.buffer, scale),
                     lr_scale=1 / max(lag, 1) if self.staleness_aware_lr else 1.0,
                     norm=norm if self._needs_norm else None)
                 self.version += 1
@@ -403,8 +449,12 @@ class ParameterServerStrategy(Strategy):
         for push in self._pushes.values():  # the last replies, before the broadcast
             self.comm.wait_all(push.sends, "send")
 
-    def _gradient(self, buffer):
-        """A pushed gradient slice as an array of the backend (its buffer where it is one)."""
+    def _gradient(self, buffer, scale: float):
+        """A pushed gradient slice as an array of the backend (its buffer where it is one,
+        decoded from half precision where the pushes are)."""
+        if self.codec is not None:
+            self.codec.decode(buffer, scale, self.part.grad)
+            return self.part.grad
         if self.arrays.direct:
             return buffer
         self.arrays.from_buffer(buffer, self.part.grad)
@@ -478,9 +528,11 @@ class _Inbox:
     gets its slice written straight into its spare half of shared memory (`halves`); one
     elsewhere gets a message, sent from a snapshot of the slice (`parameters`)."""
 
-    def __init__(self, arrays, like, halves=None):
+    def __init__(self, arrays, like, halves=None, compressed: bool = False):
         self.headers, self.reply_headers = np.zeros((1, HEADER)), np.zeros((1, HEADER))
-        self.buffer, self.halves = arrays.buffer_like(like), halves
+        self.buffer = (arrays.backend.xp.empty(like.size, "uint16") if compressed
+                       else arrays.buffer_like(like))  # the pushed gradient slice
+        self.halves = halves
         self.parameters = arrays.buffer_like(like) if halves is None else None
         self.sends: list = []
         self.receives: list = []
@@ -499,6 +551,7 @@ class _Inbox:
             strategy.shared.sync()  # written before the header says so
         elif self.pull:
             strategy.arrays.to_buffer(strategy.part.data, self.parameters)
+            strategy.arrays.sent_bytes += self.parameters.nbytes
             self.sends.append(strategy.comm.isend(self.parameters, dest=worker,
                                                   tag=PARAMETERS))
         self.reply_headers[0, 0] = strategy.version

@@ -142,7 +142,12 @@ def test_checkpoints_every_n_steps_and_at_epoch_ends_resume_exactly(tmp_path, la
     (["strategy.powersgd_rank=2"],
      "allreduce: powersgd_rank applies to compression 'powersgd' only; received: "
      "compression='none'"),
-], ids=["unknown", "rank-0", "rank-without-powersgd"])
+    (["strategy.name='ps'", "strategy.compression='powersgd'"],
+     "unknown ps compression 'powersgd'; allowed: bfloat16, float16, none"),
+    (["strategy.name='ps'", "strategy.mode='sync'", "strategy.compression='float16'"],
+     "ps: staleness, staleness_aware_lr, push_every, pull_every and compression apply to "
+     "mode 'async' only"),
+], ids=["unknown", "rank-0", "rank-without-powersgd", "ps-powersgd", "ps-sync"])
 def test_bad_compression_settings_are_one_line_and_exit_2_on_every_rank(launch, settings,
                                                                         message):
     run = launch(2, "train", "-q", *[arg for setting in settings for arg in ("--set", setting)])
@@ -150,3 +155,37 @@ def test_bad_compression_settings_are_one_line_and_exit_2_on_every_rank(launch, 
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], run.stderr
 
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("kind", HALF)
+def test_compressed_pushes_train_the_default_job_within_a_point_of_full_ones(tmp_path, launch,
+                                                                           kind):
+    """ps async, one server and one worker (the same pushes in the same order each run)."""
+    final_accuracy = {}
+    for compression in ("none", kind):
+        run = launch(2, "train", "-q", "--set", "strategy.name='ps'",
+                     "--set", f"strategy.compression='{compression}'",
+                     "--set", f"run.name='{compression}'")
+        assert run.returncode == 0, run.stderr
+        lines = records(tmp_path / "runs" / compression)
+        final_accuracy[compression] = [line for line in lines if "val_accuracy" in line][-1][
+            "val_accuracy"]
+    assert final_accuracy[kind] >= final_accuracy["none"] - 0.01, final_accuracy
+
+
+@pytest.mark.timeout(180)
+def test_compressed_pushes_resume_exactly_with_the_workers_residual(tmp_path, launch):
+    """Each epoch's checkpoint keeps every rank's residual (the server's: zeros); resumed
+    from the first, the run ends bit for bit where an uninterrupted one does."""
+    sets = ["--set", "strategy.name='ps'", "--set", "strategy.compression='bfloat16'"]
+    for name, epochs in (("whole", 2), ("part", 1), ("part", 2)):
+        run = launch(2, "train", "-q", *sets, "--set", f"run.name='{name}'",
+                     "--set", f"training.epochs={epochs}", "--resume", "auto")
+        assert run.returncode == 0, run.stderr
+    first = checkpoint.read(sorted((tmp_path / "runs" / "part").glob("ckpt-*.h5"))[0])
+    rows = first.strategy_tensor("residual_by_rank")
+    assert not rows[0].any() and rows[1].any()
+    a, b = final(tmp_path / "runs" / "whole"), final(tmp_path / "runs" / "part")
+    for name, value in a.params.items():
+        np.testing.assert_array_equal(b.params[name], value, err_msg=name)

@@ -117,7 +117,7 @@ def test_downpour_intervals_push_summed_steps_and_pull_now_and_then(tmp_path, la
     ("strategy.servers=3", "ps: servers = 3 leaves no rank to train on 3 ranks; use at most 2"),
     ("strategy.push_every=0", "ps: push_every must be an integer >= 1. Received: push_every=0"),
     ("strategy.mode='sync'\nstrategy.pull_every=2", "ps: staleness, staleness_aware_lr, "
-     "push_every and pull_every apply to mode 'async' only")],
+     "push_every, pull_every and compression apply to mode 'async' only")],
     ids=["no-worker-left", "push-every-0", "pull-every-in-sync"])
 def test_a_bad_ps_setting_is_one_line_from_rank_0(launch, setting, message):
     sets = [item for line in setting.split("\n") for item in ("--set", line)]
