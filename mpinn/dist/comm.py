@@ -324,6 +324,9 @@ class _SubComm(MPIComm):
         self.library, self.status = parent.library, parent.MPI.Status()
         self._progress_comm, self.watchdog = parent._progress_comm, parent.watchdog
         self.before_abort = parent.before_abort
+        # the parent's rank of each of its ranks
+        self.ranks = [int(rank) for rank in parent.MPI.Group.Translate_ranks(
+            comm.Get_group(), range(self.size), parent.comm.Get_group())]
 
     @property
     def watched(self):

@@ -26,7 +26,6 @@ the same number of ranks it continues exactly; on another, every rank starts fro
 mean. Its `/params` are rank 0's.
 """
 
-import json
 import math
 
 import numpy as np
@@ -60,7 +59,7 @@ class LocalSGDStrategy(Strategy):
         self.outer_lr, self.outer_momentum = float(outer_lr), float(outer_momentum)
         self.outer = self.outer_lr != 1.0 or self.outer_momentum != 0.0
         self.replica = replica
-        self.node = None  # replica "node": the node's ranks (ArrayComm) and world ranks
+        self.node = None  # replica "node": the node's ranks (an ArrayComm)
         self.synchronisations = 0
         # whether the ranks' parameters, and their optimizer states, differ
         self._params_apart = self._state_apart = False
@@ -76,10 +75,7 @@ class LocalSGDStrategy(Strategy):
             self.momentum = model.backend.xp.zeros_like(model.params.data)
         if self.replica == "node" and self.size > 1 and self.node is None:
             node = self.comm.node()
-            self.node = ArrayComm(node, model.backend)
-            self.node_ranks = [int(rank) for rank in
-                               (json.loads(text) for text in
-                                node.allgather_bytes(json.dumps(self.rank).encode()))]
+            self.node, self.node_ranks = ArrayComm(node, model.backend), node.ranks
         self._restore(model)
 
     def synchronous(self) -> bool:
