@@ -1,6 +1,10 @@
 """The wire formats of compressed exchange, against their definitions (one process): the
 NumPy backend's numba codec and the array-library codec give the same bits."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from mpinn_numpy.half import HalfCodec
@@ -81,3 +85,31 @@ def test_float16_scale_is_a_power_of_two_that_keeps_sums_in_range(largest, ranks
     scale = half._scale(largest)
     assert np.log2(scale) == int(np.log2(scale))
     assert largest * scale * ranks <= 2.0**15 < 2 * largest * scale * ranks
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("first", ["codec", "optimizer"])
+def test_numba_runs_its_own_thread_pool_whichever_kernel_runs_first(first):
+    """OpenMP's spinning threads made every kernel 20-40x slower on 2 ranks of 2 cores; a
+    codec that ran before the first optimizer step used to pick OpenMP."""
+    script = f"""
+import numba
+import numpy as np
+import mpinn
+model = mpinn.Sequential([mpinn.Dense(600, input_shape=(500,))])  # fused: 300,600 parameters
+model.compile("adam", "mse")
+model.build()
+if "{first}" == "codec":
+    from mpinn_numpy.half import HalfCodec
+    values = np.ones(8, np.float32)
+    HalfCodec("float16").encode(values, 1.0, np.empty(8, np.uint16), np.empty(8, np.float32))
+else:
+    model.fit(np.ones((2, 500), np.float32), np.ones((2, 600), np.float32), epochs=1, verbose=0)
+print(numba.threading_layer())
+"""
+    environment = {key: value for key, value in os.environ.items()
+                   if key != "NUMBA_THREADING_LAYER"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=environment, timeout=100)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == "workqueue"

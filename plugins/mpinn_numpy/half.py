@@ -7,6 +7,8 @@ import numba
 import numpy as np
 from numba import prange
 
+from .numba_threads import on_budget
+
 OPTIONS = {"parallel": True, "cache": True, "nogil": True, "error_model": "numpy"}
 F32_INFINITY = np.uint32(255 << 23)
 F16_OVERFLOW = np.uint32((127 + 16) << 23)  # from here on, Inf
@@ -107,6 +109,7 @@ class HalfCodec:
         """wire = values * scale in half precision; residual = values - wire / scale
         (residual may be values itself)."""
         scale = values.dtype.type(scale)
+        on_budget()
         if self.kind == "float16":
             _encode_float16(values, scale, wire, residual, self.table)
         else:
@@ -114,6 +117,7 @@ class HalfCodec:
 
     def sum_rows(self, rows, out) -> None:
         """out = the rows (of wire bits) decoded and summed in row order."""
+        on_budget()
         if self.kind == "float16":
             _sum_float16(rows, out, self.table)
         else:
@@ -122,6 +126,7 @@ class HalfCodec:
     def decode(self, wire, scale: float, out) -> None:
         """out = wire / scale."""
         scale = out.dtype.type(scale)
+        on_budget()
         if self.kind == "float16":
             _decode_float16(wire, scale, out, self.table)
         else:

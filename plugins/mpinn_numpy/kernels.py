@@ -10,21 +10,13 @@ weight decay over the final scale (0: none). The scalars of each kernel are what
 transforms' `fused` methods return, in chain order (see mpinn/optim/base.py).
 """
 
-import os
-
 import numba
 import numpy as np
 from numba import prange
 
-from mpinn.threads import budget
+from .numba_threads import on_budget
 
 OPTIONS = {"parallel": True, "cache": True, "nogil": True}
-
-# OpenMP's worker threads spin after each step and starve OpenBLAS's between steps (W1 at
-# 2 threads trained at 0.55x the unfused chain); numba's own pool sleeps. A
-# NUMBA_THREADING_LAYER of the user's wins.
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
 
 
 @numba.njit(inline="always", error_model="numpy", cache=True)
@@ -107,7 +99,7 @@ def kernel(chain: tuple[str, ...]):
         return None
 
     def step(*arguments):
-        numba.set_num_threads(min(budget(), numba.config.NUMBA_NUM_THREADS))
+        on_budget()
         compiled(*arguments)
 
     return step
