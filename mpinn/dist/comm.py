@@ -183,7 +183,18 @@ class MPIComm(Comm):
         gpu_aware_setting()  # a bad one ends every rank before any collective
         self.watchdog = Watchdog(mpi, self.comm.Dup(), self.abort)
         self.watched = True
-        atexit.register(self.watchdog.close)  # runs before mpi4py's MPI_Finalize
+        self._windows: list[SharedMemory] = []
+        atexit.register(self._before_finalize)  # runs before mpi4py's MPI_Finalize
+
+    def _before_finalize(self) -> None:
+        """Read the watchdog's last messages and free the shared memory still held (a
+        stopped run never frees it): MPI_Finalize over libfabric (MPICH's OFI, across
+        nodes) fails with "fabricclose ... Device or resource busy" while a window lives.
+        Collective over each node's ranks, as every rank ends here together (a rank that
+        fails ends the job with MPI_Abort instead)."""
+        self.watchdog.close()
+        for memory in self._windows:
+            memory.release()
 
     def watch(self, warn_seconds, abort_seconds, stop_signal=None):
         self.watched = bool(warn_seconds or abort_seconds)
@@ -302,8 +313,10 @@ class MPIComm(Comm):
             info.Free()
         ranks = self.MPI.Group.Translate_ranks(node.Get_group(), range(node.Get_size()),
                                                self.comm.Get_group())
-        return SharedMemory(window, node, dict(zip(ranks, range(len(ranks)), strict=True)),
-                            self.MPI)
+        memory = SharedMemory(window, node, dict(zip(ranks, range(len(ranks)), strict=True)),
+                              self.MPI)
+        self._windows = [*[held for held in self._windows if held.window is not None], memory]
+        return memory
 
     def _end_job(self, code):
         sys.stdout.flush()
@@ -366,7 +379,7 @@ class SharedMemory:
     the writer's `sync`, a message from writer to reader, and the reader's `sync`."""
 
     def __init__(self, window, node, node_ranks: dict, mpi):
-        self.window, self.node, self.node_ranks = window, node, node_ranks
+        self.window, self.node, self.node_ranks, self.MPI = window, node, node_ranks, mpi
         window.Lock_all(mpi.MODE_NOCHECK)  # the epoch `sync` needs, for the window's life
 
     def near(self, rank: int) -> bool:
@@ -388,6 +401,12 @@ class SharedMemory:
         self.window.Unlock_all()
         self.window.Free()
         self.node.Free()
+        self.window = None
+
+    def release(self) -> None:
+        """`free`, where it was not called yet and MPI still runs."""
+        if self.window is not None and not self.MPI.Is_finalized():
+            self.free()
 
 
 class _AllOf:

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import sys
 import time
 
 import numpy as np
@@ -92,6 +93,24 @@ def test_local_sgd_node_replicas_keep_one_model_per_node(tmp_path, across):
     np.testing.assert_array_equal(rows[0], rows[1])
     np.testing.assert_array_equal(rows[2], rows[3])
     assert not np.array_equal(rows[0], rows[2])
+
+
+UNFREED = """
+from mpinn.dist import world
+memory = world().shared_memory(1 << 20)  # a run stopped mid-epoch never frees its own
+print("done")
+"""
+
+
+@pytest.mark.timeout(120)
+def test_shared_memory_left_at_exit_is_freed_before_mpi_finalizes(tmp_path, across):
+    """MPICH over libfabric failed MPI_Finalize on every rank ("fabricclose ... Device or
+    resource busy") while a window lived, so a preempted Slurm job failed instead of
+    requeueing."""
+    (tmp_path / "unfreed.py").write_text(UNFREED)
+    done = across([2, 2], sys.executable, str(tmp_path / "unfreed.py")).finish()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("done") == 4 and "Finalize" not in done.stderr  # lines may mix
 
 
 @pytest.mark.timeout(120)
