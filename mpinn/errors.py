@@ -15,6 +15,13 @@ class ConfigError(MpinnError, ValueError):
     """An argument or setting has a value mpinn cannot use."""
 
 
+class LayoutError(ConfigError):
+    """A setting the job's ranks cannot serve (their layout on nodes, their arrays), found
+    as training sets up, by every rank alike: rank 0 alone says it."""
+
+    every_rank = True
+
+
 class PluginError(MpinnError, LookupError):
     """A plugin was asked for that is not installed, or failed to load."""
 

@@ -19,13 +19,13 @@ flat buffer is cut into L slices; then, per step:
 The result equals a flat Allreduce's up to float rounding. It needs host arrays, the
 same number of ranks on every node and room in /dev/shm: where one lacks, the exchange is
 one flat Allreduce, or, where the job insists (`by_node = true`), the first two are a
-ConfigError. "auto" goes node by node only where the job spans several nodes and some
+LayoutError. "auto" goes node by node only where the job spans several nodes and some
 node runs several ranks: on one node MPI's own shared-memory Allreduce is as fast
 (MPICH, 2 ranks: within 6%), and with one rank per node both ways are one."""
 
 import numpy as np
 
-from mpinn.errors import ConfigError
+from mpinn.errors import LayoutError
 
 
 class NodeExchange:
@@ -50,7 +50,7 @@ class NodeExchange:
             problem = ("by_node needs host arrays (the numpy backend): the ranks of a node "
                        "share their gradients in host memory")
         if problem and self.required:
-            raise _every_rank(f"allreduce: {problem}")
+            raise LayoutError(f"allreduce: {problem}")
         if problem:
             return False
         self.shared = comm.shared_memory(2 * grad.nbytes)
@@ -101,11 +101,3 @@ class NodeExchange:
         self.shared.free()
         self.node.free()
         self.cross.free()
-
-
-def _every_rank(message: str) -> ConfigError:
-    """An error of the layout every rank sees alike, past the ranks' agreement on setup:
-    rank 0 alone says it (see Comm.excepthook)."""
-    error = ConfigError(message)
-    error.every_rank = True
-    return error

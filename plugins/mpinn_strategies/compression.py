@@ -50,21 +50,26 @@ class ErrorFeedback:
         return {"residual": model.params.grad.shape, "residual_by_rank": model.params.grad.shape}
 
     def restore(self, found) -> None:
-        """Rank r's own residual from a checkpoint of as many ranks; else rank 0 takes the
-        sum (the same pending gradient), the others none."""
+        """See residual_from (rank 0 takes the sum); an epoch-end checkpoint's residual
+        is rank 0's."""
+        value = residual_from(found, self.rank, self.size, taker=0)
         names = found.shapes.get("strategy", {})
-        if "residual_by_rank" in names and found.attrs["world_size"] == self.size:
-            value = found.strategy_tensor("residual_by_rank", row=self.rank)
-            self.apart = True
-        elif self.rank:
-            return
-        elif "residual_by_rank" in names:
-            value = found.strategy_tensor("residual_by_rank").sum(axis=0)
-        elif "residual" in names:
+        self.apart = value is not None and found.attrs["world_size"] == self.size
+        if value is None and self.rank == 0 and "residual" in names:
             value = found.strategy_tensor("residual")
-        else:
-            return
-        self.residual[...] = self.xp.asarray(value, dtype=self.residual.dtype)
+        if value is not None:
+            self.residual[...] = self.xp.asarray(value, dtype=self.residual.dtype)
+
+
+def residual_from(found, rank: int, size: int, taker: int):
+    """A rank's residual from the rows `residual_by_rank` of the checkpoint `found`: its
+    own row on as many ranks (the run continues exactly), else the rows' sum for `taker`
+    alone (the same pending gradient); None where it takes none."""
+    if "residual_by_rank" not in found.shapes.get("strategy", {}):
+        return None
+    if found.attrs["world_size"] == size:
+        return found.strategy_tensor("residual_by_rank", row=rank)
+    return found.strategy_tensor("residual_by_rank").sum(axis=0) if rank == taker else None
 
 
 class HalfPrecision(ErrorFeedback):
@@ -163,17 +168,10 @@ class CompressedPushes:
         return scale
 
     def restore(self, found, rank: int, first_worker: int, size: int) -> None:
-        """This worker's residual from a checkpoint of as many ranks; else the first
-        worker takes their sum (the same pending gradient), the others none."""
-        if "residual_by_rank" not in found.shapes.get("strategy", {}):
-            return
-        if found.attrs["world_size"] == size:
-            value = found.strategy_tensor("residual_by_rank", row=rank)
-        elif rank == first_worker:
-            value = found.strategy_tensor("residual_by_rank").sum(axis=0)
-        else:
-            return
-        self.residual[...] = self.xp.asarray(value, dtype=self.residual.dtype)
+        """See residual_from (the first worker takes the sum)."""
+        value = residual_from(found, rank, size, taker=first_worker)
+        if value is not None:
+            self.residual[...] = self.xp.asarray(value, dtype=self.residual.dtype)
 
 
 class ArrayHalfCodec:

@@ -74,7 +74,7 @@ from collections import Counter
 import numpy as np
 
 from mpinn.dist import Strategy
-from mpinn.errors import ConfigError, choose
+from mpinn.errors import ConfigError, LayoutError, choose
 from mpinn.optim import global_norm
 
 from .compression import CompressedPushes, half_codec
@@ -146,10 +146,8 @@ class ParameterServerStrategy(Strategy):
             elif self.comm.local_size == self.size:  # one node: see _share_the_model
                 self._share_the_model(model)
         if self.compression != "none" and not self.arrays.direct:
-            error = ConfigError("ps: compression needs arrays MPI reads directly (host "
-                                "arrays, or CUDA-aware MPI)")
-            error.every_rank = True
-            raise error
+            raise LayoutError("ps: compression needs arrays MPI reads directly (host arrays, "
+                              "or CUDA-aware MPI)")
         if self.serves:
             start, stop = self.bounds[self.rank]
             self.part = model.params.part(start, stop)
