@@ -164,7 +164,8 @@ def training(comm, name: str, strategy_class, make_comm, repeats: int, servers: 
                 comm.Allreduce(MPI.IN_PLACE, share)
                 utilisation[mode].append(share[0] / workers)
     return {"epoch_seconds": {mode: statistics.median(s) for mode, s in seconds.items()},
-            "utilisation": {mode: statistics.median(u) for mode, u in utilisation.items()}}
+            "utilisation": {mode: statistics.median(u) for mode, u in utilisation.items()},
+            "sync_claims": strategies["sync"].claims}
 
 
 def slice_model(size: float):
@@ -240,8 +241,8 @@ def report(runs: dict[int, dict], names: list[str]) -> None:
                           + " | ".join(f"{rate * every * s:.1f}" for s in steps) + " |")
     print("\n#### Real training, one worker: epoch seconds and worker utilisation\n")
     print("| workload | servers | one process s | sync s | sync / one process "
-          "| lock step s (util.) | overlapped s (util.) | sync util. |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| lock step s (util.) | overlapped s (util.) | sync util. | workers claim lines |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in names:
         for k, run in sorted(runs.items()):
             t = run["results"][name]["training"]
@@ -250,7 +251,7 @@ def report(runs: dict[int, dict], names: list[str]) -> None:
                   f"| {s['sync'] / s['one process']:.3f} "
                   f"| {s['async lock step']:.3f} ({u['async lock step']:.2f}) "
                   f"| {s['async overlapped']:.3f} ({u['async overlapped']:.2f}) "
-                  f"| {u['sync']:.2f} |")
+                  f"| {u['sync']:.2f} | {'yes' if t['sync_claims'] else 'no'} |")
 
 
 def main():

@@ -21,7 +21,8 @@ BROKEN_MPI = {"MPI4PY_LIBMPI": "/nonexistent/libmpi.so.12"}  # mpi4py fails to l
 # 32 pushed in pairs), output
 # folder; MPINN_TEST_STAGED=1 passes the model's arrays to MPI through host copies,
 # MPINN_TEST_FAIL="rank:before" or "rank:fit" raises there, MPINN_TEST_OTHER_DATA
-# gives one rank other data, MPINN_TEST_OTHER_BATCH another batch size
+# gives one rank other data, MPINN_TEST_OTHER_BATCH another batch size, MPINN_TEST_CLAIMS
+# "yes" or "no" has sync's workers claim the shared parameters or not, unmeasured
 SCRIPT = """
 import os, sys
 import numpy as np
@@ -39,6 +40,13 @@ if os.environ.get("MPINN_TEST_STAGED"):  # MPI as if it could not read the model
             self.direct = False
 
     strategy_module.ArrayComm = Staged
+if os.environ.get("MPINN_TEST_CLAIMS"):
+    from mpinn_strategies import cache_lines
+
+    def told(parameters, written, claimed, barrier, agree):
+        return agree(os.environ["MPINN_TEST_CLAIMS"] == "yes")
+
+    cache_lines.claiming_pays = told
 world = mpinn.world()
 fail = os.environ.get("MPINN_TEST_FAIL", "")
 
@@ -141,9 +149,9 @@ def test_allreduce_trains_the_single_process_model(tmp_path, alone):
 def test_ps_with_one_worker_trains_the_single_process_model(tmp_path, alone, strategy,
                                                             records):
     """One worker pushes whole global batches, which the server applies in order: in lock
-    step (async, staleness 0), or summed by a Reduce (the server adding zeros) and
-    returned by a Bcast (sync). Either way the single-process computation, number for
-    number; every epoch ends with the server's parameters on every rank."""
+    step (async, staleness 0), or read in shared memory (sync). Either way the
+    single-process computation, number for number; every epoch ends with the server's
+    parameters on every rank."""
     reference, _ = alone
     weights, stdout = train(tmp_path, 2, strategy)
     for rank_weights in weights:
@@ -151,6 +159,23 @@ def test_ps_with_one_worker_trains_the_single_process_model(tmp_path, alone, str
             np.testing.assert_array_equal(mine, theirs)
     assert all(record in stdout for record in records), stdout
     assert stdout.count("Epoch 3/3") == 1
+
+
+@pytest.mark.timeout(120)
+def test_sync_workers_claiming_the_shared_parameters_changes_no_bit(tmp_path):
+    """In sync on one node the workers may claim the parameters' cache lines each step
+    (cache_lines; whether they do is measured at setup): claims rewrite bits unchanged,
+    so two workers train the same model, bit for bit, with claims and without."""
+    trained = {}
+    for claims in ("yes", "no"):
+        trained[claims], stdout = train(tmp_path, 3, "ps-sync", env={"MPINN_TEST_CLAIMS": claims})
+        assert f"'workers_claim_lines': {claims == 'yes'}" in stdout, stdout
+    for rank_weights in [*trained["yes"], *trained["no"]]:
+        for mine, theirs in zip(rank_weights, trained["yes"][0], strict=True):
+            np.testing.assert_array_equal(mine, theirs)
+    measured, stdout = train(tmp_path, 3, "ps-sync")
+    assert re.search(r"'workers_claim_lines': (True|False)", stdout), stdout
+    np.testing.assert_array_equal(measured[2][0], trained["yes"][2][0])
 
 
 @pytest.mark.timeout(120)
