@@ -9,11 +9,12 @@ table gives the median milliseconds per step and the chain's time over each cont
 """
 
 import argparse
+import os
 import statistics
 from itertools import pairwise
 
 import numpy as np
-from bench_engine import WORKLOADS, blas_description, import_torch, measure
+from bench_engine import WORKLOADS, blas_description, import_torch, measure, pin
 from threadpoolctl import threadpool_limits
 
 import mpinn
@@ -80,12 +81,15 @@ def main():
     print(f"mpinn backend: {mpinn.get_backend('numpy').describe()}")
     for line in blas_description():
         print(line)
+    allowed = sorted(os.sched_getaffinity(0))
     for count in args.threads:
         threads.apply(threads.ThreadPlan(count, "benchmark"))
+        cpus = pin(allowed, count)
         with threadpool_limits(limits=count):
             if torch is not None:
                 torch.set_num_threads(count)
-            print(f"\n### {count} thread(s): median ms per step of {args.repeats} rounds\n")
+            print(f"\n### {count} thread(s) on CPUs {cpus}: median ms per step of "
+                  f"{args.repeats} rounds\n")
             print("| workload | optimizer | contender | ms per step | chain / contender |")
             print("|---|---|---|---|---|")
             for workload, (hidden, _, _) in WORKLOADS.items():

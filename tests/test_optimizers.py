@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import mpinn
+from mpinn import threads
 from mpinn.optim.schedules import LearningRateSchedule
 from mpinn.parameters import FlatParameters
 
@@ -240,8 +241,18 @@ FUSED_CASES = {**CASES, **{f"{name}_clipped": (lambda make=make: make(2.0), refe
                    0.1, decay_steps=2, decay_rate=0.5)), None)}
 
 
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def thread_budget(request):
+    """The process's thread budget (mpinn.threads) for one test: on one thread the fused
+    kernels run without numba's threads."""
+    before = threads.budget()
+    threads.apply(threads.ThreadPlan(request.param, "test"))
+    yield request.param
+    threads.apply(threads.ThreadPlan(before, "test"))
+
+
 @pytest.mark.parametrize("case", sorted(FUSED_CASES))
-def test_the_fused_step_is_the_chain_bit_for_bit(case):
+def test_the_fused_step_is_the_chain_bit_for_bit(case, thread_budget):
     """float32, a staleness-scaled rate: the NumPy backend's kernel against the chain."""
     make_optimizer = FUSED_CASES[case][0]
     grads = [g.astype(np.float32) for g in gradient_sequence()]

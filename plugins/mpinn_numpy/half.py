@@ -7,9 +7,8 @@ import numba
 import numpy as np
 from numba import prange
 
-from .numba_threads import on_budget
+from .numba_threads import threaded
 
-OPTIONS = {"parallel": True, "cache": True, "nogil": True, "error_model": "numpy"}
 F32_INFINITY = np.uint32(255 << 23)
 F16_OVERFLOW = np.uint32((127 + 16) << 23)  # from here on, Inf
 F16_NORMAL = np.uint32(113 << 23)  # below: a float16 subnormal or zero
@@ -50,7 +49,7 @@ def _bfloat16_value(bits):
     return np.uint32(np.uint32(bits) << 16).view(np.float32)
 
 
-@numba.njit(**OPTIONS)
+@threaded
 def _encode_float16(values, scale, wire, residual, table):
     for i in prange(values.size):
         bits = _float16_bits(values[i] * scale)
@@ -58,7 +57,7 @@ def _encode_float16(values, scale, wire, residual, table):
         residual[i] = values[i] - table[bits] / scale
 
 
-@numba.njit(**OPTIONS)
+@threaded
 def _encode_bfloat16(values, scale, wire, residual):
     for i in prange(values.size):
         bits = _bfloat16_bits(values[i] * scale)
@@ -66,7 +65,7 @@ def _encode_bfloat16(values, scale, wire, residual):
         residual[i] = values[i] - _bfloat16_value(bits) / scale
 
 
-@numba.njit(**OPTIONS)
+@threaded
 def _sum_float16(rows, out, table):
     for i in prange(out.size):
         total = out.dtype.type(table[rows[0, i]])
@@ -75,7 +74,7 @@ def _sum_float16(rows, out, table):
         out[i] = total
 
 
-@numba.njit(**OPTIONS)
+@threaded
 def _sum_bfloat16(rows, out):
     for i in prange(out.size):
         total = out.dtype.type(_bfloat16_value(rows[0, i]))
@@ -84,13 +83,13 @@ def _sum_bfloat16(rows, out):
         out[i] = total
 
 
-@numba.njit(**OPTIONS)
+@threaded
 def _decode_float16(wire, scale, out, table):
     for i in prange(out.size):
         out[i] = table[wire[i]] / scale
 
 
-@numba.njit(**OPTIONS)
+@threaded
 def _decode_bfloat16(wire, scale, out):
     for i in prange(out.size):
         out[i] = _bfloat16_value(wire[i]) / scale
@@ -109,7 +108,6 @@ class HalfCodec:
         """wire = values * scale in half precision; residual = values - wire / scale
         (residual may be values itself)."""
         scale = values.dtype.type(scale)
-        on_budget()
         if self.kind == "float16":
             _encode_float16(values, scale, wire, residual, self.table)
         else:
@@ -117,7 +115,6 @@ class HalfCodec:
 
     def sum_rows(self, rows, out) -> None:
         """out = the rows (of wire bits) decoded and summed in row order."""
-        on_budget()
         if self.kind == "float16":
             _sum_float16(rows, out, self.table)
         else:
@@ -126,7 +123,6 @@ class HalfCodec:
     def decode(self, wire, scale: float, out) -> None:
         """out = wire / scale."""
         scale = out.dtype.type(scale)
-        on_budget()
         if self.kind == "float16":
             _decode_float16(wire, scale, out, self.table)
         else:

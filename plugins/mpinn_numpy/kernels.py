@@ -14,9 +14,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from .numba_threads import on_budget
-
-OPTIONS = {"parallel": True, "cache": True, "nogil": True}
+from .numba_threads import threaded
 
 
 @numba.njit(inline="always", error_model="numpy", cache=True)
@@ -27,20 +25,20 @@ def _apply(params, index, update, step, decay):
         params[index] += step * (update + params[index] * decay)
 
 
-@numba.njit(**OPTIONS)
+@threaded
 def sgd(params, grad, step, decay):
     for i in prange(params.size):
         _apply(params, i, grad[i], step, decay)
 
 
-@numba.njit(**OPTIONS)
+@threaded
 def momentum(params, grad, trace, scale, momentum, step, decay):
     for i in prange(params.size):
         trace[i] = trace[i] * momentum + grad[i] * scale
         _apply(params, i, trace[i], step, decay)
 
 
-@numba.njit(**OPTIONS)
+@threaded
 def nesterov(params, grad, trace, scale, momentum, step, decay):
     for i in prange(params.size):
         g = grad[i] * scale
@@ -48,7 +46,7 @@ def nesterov(params, grad, trace, scale, momentum, step, decay):
         _apply(params, i, g + momentum * trace[i], step, decay)
 
 
-@numba.njit(**OPTIONS)
+@threaded
 def adam(params, grad, grad_sum, grad_sq_sum, scale, beta_1, beta_2, epsilon, step, decay):
     for i in prange(params.size):
         g = grad[i] * scale
@@ -57,7 +55,7 @@ def adam(params, grad, grad_sum, grad_sq_sum, scale, beta_1, beta_2, epsilon, st
         _apply(params, i, grad_sum[i] / (np.sqrt(grad_sq_sum[i]) + epsilon), step, decay)
 
 
-@numba.njit(**OPTIONS)
+@threaded
 def rmsprop(params, grad, grad_sq_sum, scale, rho, epsilon, step, decay):
     for i in prange(params.size):
         g = grad[i] * scale
@@ -65,7 +63,7 @@ def rmsprop(params, grad, grad_sq_sum, scale, rho, epsilon, step, decay):
         _apply(params, i, g / (np.sqrt(grad_sq_sum[i]) + epsilon), step, decay)
 
 
-@numba.njit(**OPTIONS)
+@threaded
 def rmsprop_momentum(params, grad, grad_sq_sum, trace, scale, rho, epsilon, rms_scale,
                      momentum, step, decay):
     for i in prange(params.size):
@@ -76,7 +74,7 @@ def rmsprop_momentum(params, grad, grad_sq_sum, trace, scale, rho, epsilon, rms_
         _apply(params, i, trace[i], step, decay)
 
 
-@numba.njit(**OPTIONS)
+@threaded
 def adagrad(params, grad, accumulator, scale, epsilon, step, decay):
     for i in prange(params.size):
         g = grad[i] * scale
@@ -94,15 +92,7 @@ KERNELS = {
 
 def kernel(chain: tuple[str, ...]):
     """The fused step for `chain`, or None; it runs on this process's thread budget."""
-    compiled = KERNELS.get(chain)
-    if compiled is None:
-        return None
-
-    def step(*arguments):
-        on_budget()
-        compiled(*arguments)
-
-    return step
+    return KERNELS.get(chain)
 
 
 def describe() -> str:
