@@ -381,10 +381,9 @@ def table(results):
 
 
 def pin(allowed: list[int], threads: int) -> list[int]:
-    """Keep this process (every contender alike) on `threads` of its CPUs. Unpinned, a
-    process with fewer threads than CPUs is moved between them, and its step then writes
-    memory another core's cache holds: on a 2-vCPU AMD EPYC host mpinn's fused Adam took
-    0.45-0.75 ms a W1 step instead of 0.17."""
+    """Keep this process (every contender alike) on `threads` of its CPUs, so that a
+    thread a library starts for its own work runs on those, not on an idle core away
+    from the data (numba's pool did: see benchmarks/README.md)."""
     cpus = allowed[:threads] if threads <= len(allowed) else allowed
     os.sched_setaffinity(0, cpus)
     return cpus
