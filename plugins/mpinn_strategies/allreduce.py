@@ -6,10 +6,10 @@ applies the same optimizer step, so all ranks hold the same parameters throughou
 "float16" or "bfloat16" (half the bytes), or "powersgd" (Dense kernels as rank-r
 products, `powersgd_rank`). `overlap` sends the gradients in buckets of `bucket_mb` while
 backward still computes (overlap.py). `by_node` sums inside each node through shared
-memory and across nodes once per node (by_node.py): "auto" (the default) where the job
-spans several nodes with several ranks on a node and it can (host arrays, as many ranks
-on every node, room in /dev/shm, neither overlap nor compression), true to insist, false
-for one flat Allreduce."""
+memory and across nodes once per node (by_node.py), with float16/bfloat16 compression
+across the nodes where set: "auto" (the default) where the job spans several nodes with
+several ranks on a node and it can (host arrays, as many ranks on every node, room in
+/dev/shm, no overlap, no powersgd), true to insist, false for one flat exchange."""
 
 from mpinn.dist import Strategy
 from mpinn.errors import ConfigError, choose
@@ -33,9 +33,9 @@ class AllreduceStrategy(Strategy):
         if not (isinstance(by_node, bool) or by_node == "auto"):
             raise ConfigError("allreduce: by_node must be true, false or 'auto'; received: "
                               f"by_node={by_node!r}")
-        if by_node is True and (overlap or compression != "none"):
+        if by_node is True and (overlap or compression == "powersgd"):
             raise ConfigError("allreduce: by_node goes with overlap = false and compression "
-                              f"'none' only; received: overlap={overlap!r}, "
+                              f"'none', 'float16' or 'bfloat16'; received: overlap={overlap!r}, "
                               f"compression={compression!r}")
         if overlap and compression != "none":
             raise ConfigError("allreduce: overlap goes with compression 'none' only; "
@@ -62,7 +62,7 @@ class AllreduceStrategy(Strategy):
             self.compressor = HalfPrecision(compression)
         self._resumed = None
         wanted = by_node is True or (by_node == "auto" and not overlap
-                                     and compression == "none")
+                                     and compression != "powersgd")
         self.node_exchange = NodeExchange(by_node is True) if wanted and self.size > 1 else None
         self.by_node = False  # whether this fit's exchange goes node by node
 
@@ -109,6 +109,8 @@ class AllreduceStrategy(Strategy):
     def end_epoch(self, model):
         if self.compressor is not None:
             self.compressor.end_epoch()
+        if self.by_node:
+            self.node_exchange.end_epoch()
 
     def rank_state(self, model):
         return {} if self.compressor is None else self.compressor.rank_state()

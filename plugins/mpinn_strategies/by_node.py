@@ -11,7 +11,9 @@ flat buffer is cut into L slices; then, per step:
 2. local rank j sums slice j of the node's gradients into its own (its own first, then
    the others in local rank order: the same sum on every run);
 3. local rank j sums its slice with the other nodes' local ranks j (one Allreduce of S/L
-   per rank, all L at once: the node's bytes on the network are S, both ways);
+   per rank, all L at once: the node's bytes on the network are S, both ways; with
+   float16/bfloat16 `compression`, a half-precision exchange of the slice, half the
+   bytes, see below);
 4. a node barrier, then every rank assembles the sum in its other buffer (its own slice
    and the others', copied from their owners) and trains on that one from now on: the
    buffer the others read from is not written again before the next step's barriers,
@@ -21,11 +23,23 @@ same number of ranks on every node and room in /dev/shm: where one lacks, the ex
 one flat Allreduce, or, where the job insists (`by_node = true`), the first two are a
 LayoutError. "auto" goes node by node only where the job spans several nodes and some
 node runs several ranks: on one node MPI's own shared-memory Allreduce is as fast
-(MPICH, 2 ranks: within 6%), and with one rank per node both ways are one."""
+(MPICH, 2 ranks: within 6%), and with one rank per node both ways are one.
+
+Compressed, only what crosses the network is rounded: local rank j adds its residual's
+slice j to the node's sum of slice j (as the flat exchange adds it to the rank's
+gradient) and keeps that sum's roundings in it, so a rank's residual is nonzero on its
+own slice alone. It is the compressor's residual (compression.py), full-sized, so that
+checkpoints and the epoch-end sum onto rank 0 are the flat exchange's; the parts of it
+outside a rank's slice (rank 0's after an epoch, anyone's after a resume) join the
+rank's gradient before the node's sum, at the next step.
+"""
 
 import numpy as np
 
+from mpinn.dist.arrays import ArrayComm
 from mpinn.errors import LayoutError
+
+from .compression import HalfExchange
 
 
 class NodeExchange:
@@ -67,18 +81,32 @@ class NodeExchange:
         self.bounds = [(grad.size * j // count, grad.size * (j + 1) // count)
                        for j in range(count)]
         self.local_rank, self.arrays = comm.local_rank, strategy.arrays
+        self.compressor, self.across = strategy.compressor, None
+        if self.compressor is not None:  # HalfPrecision: allreduce refuses the others
+            start, stop = self.bounds[self.local_rank]
+            self.cross_arrays = ArrayComm(self.cross, model.backend)
+            self.across = HalfExchange(self.compressor.kind, self.compressor.codec, self.cross,
+                                       self.cross_arrays, grad[start:stop])
+        self.unsettled = True  # the residual may hold pending sums outside this slice
         return True
 
     def exchange(self, model) -> None:
         """Every rank's gradient summed, in the model's other gradient buffer."""
         grad, gradients = model.params.grad, [buffer[self.turn] for buffer in self.buffers]
         start, stop = self.bounds[self.local_rank]
+        if self.across is not None and self.unsettled:
+            self._settle(grad, start, stop)
         self._barrier()
         mine = grad[start:stop]
         for index, gradient in enumerate(gradients):
             if index != self.local_rank:
                 mine += gradient[start:stop]
-        if self.cross.size > 1:
+        if self.across is not None:
+            self.across.exchange(mine, self.compressor.residual[start:stop])
+            self.arrays.sent_bytes += self.cross_arrays.sent_bytes
+            self.cross_arrays.sent_bytes = 0
+            self.compressor.apart = True
+        elif self.cross.size > 1:
             self.cross.allreduce_sum(mine)  # counted as ArrayComm counts (a ring's bytes)
             self.arrays.sent_bytes += 2 * mine.nbytes * (self.cross.size - 1) // self.cross.size
         self._barrier()
@@ -87,6 +115,19 @@ class NodeExchange:
         for owner, (first, last) in enumerate(self.bounds):
             summed[first:last] = gradients[owner][first:last]
         model.swap_buffers(grad=summed)
+
+    def _settle(self, grad, start: int, stop: int) -> None:
+        """The residual outside this rank's slice joins its gradient (see the module's
+        docstring); its slice waits for the node's sum, as at every step."""
+        residual = self.compressor.residual
+        for part in (slice(0, start), slice(stop, grad.size)):
+            grad[part] += residual[part]
+            residual[part] = 0
+        self.unsettled = False
+
+    def end_epoch(self) -> None:
+        """After the compressor's epoch end: rank 0 holds every pending sum."""
+        self.unsettled = True
 
     def _barrier(self) -> None:
         """The node's writes to shared memory so far are seen by all its ranks."""

@@ -74,52 +74,64 @@ def residual_from(found, rank: int, size: int, taker: int):
 
 class HalfPrecision(ErrorFeedback):
     """float16 or bfloat16 on the wire, sums in the model's dtype: half the bytes of a
-    float32 Allreduce. MPI has no half-precision sum everywhere, so the exchange is a
-    reduce-scatter by Alltoall (rank r sums chunk r in rank order) and an Allgather of
-    the summed chunks. float16 is scaled by a power of two (agreed by a 1-number
-    Allreduce of the largest magnitude) so that the sums neither overflow nor lose small
-    gradients to underflow; bfloat16 has float32's range. Both roundings, of each rank's
-    gradient and of each summed chunk (its owner's), go into residuals. The conversions
-    are the backend's `half_codec` where it has one (NumPy: numba) and the model is large
-    enough to gain from it (FUSED_FROM parameters, as fused optimizer steps), else
-    ArrayHalfCodec."""
+    float32 Allreduce (HalfExchange), over all ranks. The conversions are the backend's
+    `half_codec` where it has one (NumPy: numba) and the model is large enough to gain
+    from it (FUSED_FROM parameters, as fused optimizer steps), else ArrayHalfCodec."""
 
     def __init__(self, kind: str):
         self.kind = kind
 
     def setup(self, strategy, model) -> None:
         super().setup(strategy, model)
-        grad, xp = model.params.grad, self.xp
         self.codec = half_codec(model, self.kind)
-        self.chunk = -(-grad.size // self.size)
-        self.outgoing = xp.zeros(self.size * self.chunk, xp.uint16)  # the wire: half's bits
-        self.incoming = xp.empty((self.size, self.chunk), xp.uint16)
-        self.summed = xp.empty(self.chunk, grad.dtype)
-        self.gathered = xp.empty(self.size * self.chunk, xp.uint16)
+        self.wire = None  # made at the first exchange: by_node exchanges slices its own way
 
     def exchange(self, grad) -> None:
-        n, chunk, codec = grad.size, self.chunk, self.codec
-        grad += self.residual
-        largest = np.array([float(max(grad.max(), -grad.min())) if n else 0.0])
+        if self.wire is None:
+            self.wire = HalfExchange(self.kind, self.codec, self.comm, self.arrays, grad)
+        self.wire.exchange(grad, self.residual)
+        self.apart = True
+
+
+class HalfExchange:
+    """The sum over `comm`'s ranks of each rank's `values` plus residual, in half
+    precision. MPI has no half-precision sum everywhere, so the exchange is a
+    reduce-scatter by Alltoall (rank r sums chunk r in rank order) and an Allgather of
+    the summed chunks. float16 is scaled by a power of two (agreed by a 1-number
+    Allreduce of the largest magnitude) so that the sums neither overflow nor lose small
+    gradients to underflow; bfloat16 has float32's range. Both roundings, of each rank's
+    values and of each summed chunk (its owner's), go into the residual. `like`: an
+    array of the length and dtype exchanged."""
+
+    def __init__(self, kind: str, codec, comm, arrays, like):
+        xp = arrays.backend.xp
+        self.kind, self.codec, self.comm, self.arrays = kind, codec, comm, arrays
+        self.rank, self.size = comm.rank, comm.size
+        self.chunk = -(-like.size // self.size)
+        self.outgoing = xp.zeros(self.size * self.chunk, xp.uint16)  # the wire: half's bits
+        self.incoming = xp.empty((self.size, self.chunk), xp.uint16)
+        self.summed = xp.empty(self.chunk, like.dtype)
+        self.gathered = xp.empty(self.size * self.chunk, xp.uint16)
+
+    def exchange(self, values, residual) -> None:
+        n, chunk, codec = values.size, self.chunk, self.codec
+        values += residual
+        largest = np.array([float(max(values.max(), -values.min())) if n else 0.0])
         self.comm.allreduce_max(largest)
         finite = math.isfinite(largest[0])
-        scale = self._scale(largest[0]) if finite else 1.0
-        codec.encode(grad, scale, self.outgoing[:n], self.residual)
+        scale = half_scale(self.kind, largest[0] * self.size) if finite else 1.0
+        codec.encode(values, scale, self.outgoing[:n], residual)
         self.arrays.alltoall(self.outgoing, self.incoming)
         summed = self.summed
         codec.sum_rows(self.incoming, summed)  # in rank order: the same sum on every run
         mine = self.gathered[self.rank * chunk:(self.rank + 1) * chunk]
         codec.encode(summed, 1.0, mine, summed)  # the sum's own rounding, fed back by its owner
         start, stop = min(self.rank * chunk, n), min((self.rank + 1) * chunk, n)
-        self.residual[start:stop] += summed[:stop - start] / scale
+        residual[start:stop] += summed[:stop - start] / scale
         self.arrays.allgather(self.gathered)
-        codec.decode(self.gathered[:n], scale, grad)
+        codec.decode(self.gathered[:n], scale, values)
         if not finite:  # the step is skipped or the run stops: keep no NaN for later
-            self.residual[...] = 0
-        self.apart = True
-
-    def _scale(self, largest: float) -> float:
-        return half_scale(self.kind, largest * self.size)
+            residual[...] = 0
 
 
 def half_scale(kind: str, largest: float) -> float:

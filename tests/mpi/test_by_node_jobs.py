@@ -77,9 +77,12 @@ def test_every_setting_from_python_keeps_the_ranks_equal(tmp_path):
     (["strategy.by_node='yes'"], "allreduce: by_node must be true, false or 'auto'; "
                                  "received: by_node='yes'"),
     (["strategy.by_node=true", "strategy.overlap=true"],
-     "allreduce: by_node goes with overlap = false and compression 'none' only; received: "
-     "overlap=True, compression='none'"),
-], ids=["not-a-setting", "with-overlap"])
+     "allreduce: by_node goes with overlap = false and compression 'none', 'float16' or "
+     "'bfloat16'; received: overlap=True, compression='none'"),
+    (["strategy.by_node=true", "strategy.compression='powersgd'"],
+     "allreduce: by_node goes with overlap = false and compression 'none', 'float16' or "
+     "'bfloat16'; received: overlap=False, compression='powersgd'"),
+], ids=["not-a-setting", "with-overlap", "with-powersgd"])
 def test_bad_by_node_settings_are_one_line_and_exit_2_on_every_rank(launch, settings, message):
     run = launch(2, "train", "-q", *[arg for setting in settings for arg in ("--set", setting)])
     assert run.returncode == 2

@@ -104,16 +104,24 @@ def test_a_stop_resumes_exactly_with_every_ranks_residual(tmp_path, kind):
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("kind", KINDS)
-def test_checkpoints_every_n_steps_and_at_epoch_ends_resume_exactly(tmp_path, launch, kind):
+@pytest.mark.parametrize("kind, by_node", [*((kind, False) for kind in KINDS),
+                                           ("bfloat16", True)],
+                         ids=[*KINDS, "bfloat16-by-node"])
+def test_checkpoints_every_n_steps_and_at_epoch_ends_resume_exactly(tmp_path, launch, kind,
+                                                                    by_node):
     """Step 170 keeps both ranks' residuals; at 180 (the epoch's end) rank 0 holds their
-    sum. Each resumes to the bits of the run that wrote them; on 3 ranks, 170 trains on."""
+    sum. Each resumes to the bits of the run that wrote them; on 3 ranks, 170 trains on.
+    By node (here one node: its sum of each slice is what is compressed), a rank's
+    residual is its slice's; rank 0's sum, or the 3 ranks' other slices, join the next
+    step."""
     for name in ("whole", "again-170", "again-180", "three"):
         (tmp_path / f"{name}.toml").write_text(STOP_JOB.format(directory=tmp_path / name))
     sets = [arg for setting in [f"strategy.compression='{kind}'", "checkpoint.every_steps=10",
-                                "training.epochs=2"] for arg in ("--set", setting)]
+                                "training.epochs=2", f"strategy.by_node={str(by_node).lower()}"]
+            for arg in ("--set", setting)]
     whole = launch(2, "train", "whole.toml", "-q", *sets)
     assert whole.returncode == 0, whole.stderr
+    assert records(tmp_path / "whole")[-1].get("by_node", False) == by_node
     middle = checkpoint.read(tmp_path / "whole" / "ckpt-000000170.h5")
     end = checkpoint.read(tmp_path / "whole" / "ckpt-000000180.h5")
     assert middle.shapes["strategy"]["residual_by_rank"][0] == 2
