@@ -38,8 +38,9 @@ MODES = {  # name: (strategy, options)
     "allreduce": ("allreduce", {"by_node": False}),  # one flat Allreduce
     "allreduce, overlapped": ("allreduce", {"overlap": True}),
     "allreduce, by node": ("allreduce", {"by_node": True}),
-    "allreduce, float16": ("allreduce", {"compression": "float16"}),
-    "allreduce, bfloat16": ("allreduce", {"compression": "bfloat16"}),
+    "allreduce, float16": ("allreduce", {"compression": "float16", "by_node": False}),
+    "allreduce, bfloat16": ("allreduce", {"compression": "bfloat16", "by_node": False}),
+    "allreduce, by node, bfloat16": ("allreduce", {"compression": "bfloat16", "by_node": True}),
     "allreduce, PowerSGD r=4": ("allreduce", {"compression": "powersgd"}),
     "allreduce, PowerSGD r=1": ("allreduce", {"compression": "powersgd", "powersgd_rank": 1}),
     "ps async": ("ps", {}),

@@ -72,6 +72,40 @@ def test_every_setting_from_python_keeps_the_ranks_equal(tmp_path):
                                   np.load(tmp_path / "params-false-0.npy"))
 
 
+# rank 0 holds a pending sum for the whole buffer (as after an epoch's end), the others
+# none; every gradient is zero: the step's sum is the pending one, and nothing is left
+PENDING = """
+import numpy as np
+import mpinn
+
+model = mpinn.Sequential([mpinn.Dense(4, input_shape=(3,))], seed=1)
+model.compile("sgd", "mse")
+model.build()
+strategy = mpinn.strategy("allreduce", compression="bfloat16", by_node=True)
+strategy.setup(model)
+assert strategy.by_node
+pending = np.arange(1, model.params.size + 1, dtype=np.float32) / 8  # exact in bfloat16
+strategy.compressor.residual[...] = pending if strategy.rank == 0 else 0
+model.params.grad[...] = 0
+strategy.exchange(model)
+np.testing.assert_array_equal(model.params.grad, pending)
+assert not strategy.compressor.residual.any()
+strategy.finish(model)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_compressed_by_node_a_pending_sum_outside_a_ranks_slice_joins_the_next_step(tmp_path):
+    """Rank 0's residual spans the 3 ranks' slices; the parts outside its own join its
+    gradient before the node's sum, its own part the sum of its slice."""
+    if MPIEXEC is None:
+        pytest.skip("mpiexec is not installed")
+    (tmp_path / "pending.py").write_text(PENDING)
+    run = subprocess.run([MPIEXEC, "-n", "3", sys.executable, "pending.py"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=50)
+    assert run.returncode == 0, run.stderr
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("settings, message", [
     (["strategy.by_node='yes'"], "allreduce: by_node must be true, false or 'auto'; "

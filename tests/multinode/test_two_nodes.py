@@ -1,8 +1,8 @@
 """`mpinn` across two emulated nodes (2 nodes x 2 ranks), with MPICH and with Open MPI:
 each rank knows its host and its place on its node, the trained model equals the one 4
 ranks train on one node (allreduce node by node), `by_node` on 3 + 1 ranks, local SGD with a
-replica per node, rank 0 alone writes, and a rank killed on the second node ends
-the job, which then resumes."""
+replica per node, bfloat16 across the nodes node by node, rank 0 alone writes, and a
+rank killed on the second node ends the job, which then resumes."""
 
 import json
 import os
@@ -93,6 +93,37 @@ def test_local_sgd_node_replicas_keep_one_model_per_node(tmp_path, across):
     np.testing.assert_array_equal(rows[0], rows[1])
     np.testing.assert_array_equal(rows[2], rows[3])
     assert not np.array_equal(rows[0], rows[2])
+
+
+@pytest.mark.timeout(300)
+def test_by_node_compressed_across_nodes_resumes_exactly(tmp_path, across):
+    """bfloat16 between the nodes, node by node ("auto"): a checkpoint mid-epoch keeps
+    every rank's residual (each nonzero on its own slice alone), one at an epoch's end
+    their sum on rank 0; both resume to the bits of the run that wrote them."""
+    sets = [arg for setting in ["strategy.compression='bfloat16'", "checkpoint.every_steps=20",
+                                "checkpoint.keep=100", "training.epochs=2"]
+            for arg in ("--set", setting)]
+    done = across([2, 2], MPINN, "train", "-q", *sets, "--set", "run.directory='whole'").finish()
+    assert done.returncode == 0, done.stderr
+    assert last_record(tmp_path / "whole")["by_node"] is True
+    found = [checkpoint.read(path) for path in checkpoint.list_checkpoints(tmp_path / "whole")]
+    middle = next(c for c in found if "residual_by_rank" in c.shapes.get("strategy", {}))
+    end = next(c for c in found if "residual_by_rank" not in c.shapes.get("strategy", {}))
+    rows = middle.strategy_tensor("residual_by_rank")
+    size = rows.shape[1]
+    for local in range(2):  # a rank's residual: its slice of its node's sum
+        start, stop = size * local // 2, size * (local + 1) // 2
+        for rank in (local, local + 2):
+            assert rows[rank, start:stop].any() and not rows[rank, :start].any()
+            assert not rows[rank, stop:].any()
+    assert end.strategy_tensor("residual").any()
+    for name, resumed_from in (("again-middle", middle), ("again-end", end)):
+        again = across([2, 2], MPINN, "train", "-q", *sets, "--set", f"run.directory='{name}'",
+                       "--resume", str(resumed_from.path)).finish()
+        assert again.returncode == 0, again.stderr
+        for key, value in final(tmp_path / "whole").items():
+            np.testing.assert_array_equal(final(tmp_path / name)[key], value,
+                                          err_msg=f"{key} from {resumed_from.path.name}")
 
 
 UNFREED = """
