@@ -5,7 +5,7 @@ as ring algorithms send them: ArrayComm.sent_bytes). Needs root. See
 benchmarks/README.md.
 
     python benchmarks/bench_slow_links.py [--rates 1gbit,10gbit] [--epochs 4]
-        [--accuracy [digits|mnist]] [--per-node 1] [--mpi mpich|openmpi]
+        [--accuracy [digits|mnist]] [--per-node 1] [--mpi mpich|openmpi] [--batch B]
 
 Each mode trains W1 and W2 (bench_engine's workloads, on epochs of --steps global
 batches) in one fit; an epoch is timed from its start to its end on rank 0, the first
@@ -56,10 +56,11 @@ MODES = {  # name: (strategy, options)
 
 
 # ------------------------------------------------------------------------------- worker
-def worker(epochs: int, steps: int, names: list[str], modes: list[str]) -> None:
+def worker(epochs: int, steps: int, names: list[str], modes: list[str],
+           global_batch: int) -> None:
     results, rank = {}, 0
     for name in names:
-        hidden, batch, _ = WORKLOADS[name]
+        hidden, batch = WORKLOADS[name][0], global_batch or WORKLOADS[name][1]
         x, y = make_data(batch * steps)
         for mode in modes:
             strategy_name, options = MODES[mode]
@@ -76,6 +77,7 @@ def worker(epochs: int, steps: int, names: list[str], modes: list[str]) -> None:
                 "bytes_per_step": [json.loads(text) for text in strategy.comm.allgather_bytes(
                     json.dumps(sent).encode())],  # by rank
                 "model_bytes": int(model.params.data.nbytes),
+                "batch": batch,
             }
     if rank == 0:
         print(json.dumps({"results": results, "blas": blas_description()}))
@@ -105,6 +107,8 @@ def main():
     parser.add_argument("--rates", default="1gbit,10gbit")
     parser.add_argument("--epochs", type=int, default=4, help="per mode; the first is left out")
     parser.add_argument("--steps", type=int, default=48, help="global batches per epoch")
+    parser.add_argument("--batch", type=int, default=0,
+                        help="global batch (default: the workload's, bench_engine.WORKLOADS)")
     parser.add_argument("--workloads", default="W1,W2")
     parser.add_argument("--modes", default=";".join(MODES), help="names from MODES, by ';'")
     parser.add_argument("--accuracy", nargs="?", const="digits", choices=sorted(JOBS),
@@ -118,7 +122,7 @@ def main():
     if unknown:
         parser.error(f"unknown mode {unknown[0]!r}; known: {'; '.join(MODES)}")
     if args.worker:
-        worker(args.epochs, args.steps, names, modes)
+        worker(args.epochs, args.steps, names, modes, args.batch)
         return
     from emulated_nodes import Cluster, unavailable
     from launchers import mpich_command, mpich_unavailable, openmpi_command, openmpi_unavailable
@@ -135,7 +139,8 @@ def main():
             cluster.shape(rate)
             found[rate] = json.loads(launch(cluster, command_for, per_node, [
                 sys.executable, __file__, "--worker", "--epochs", str(args.epochs),
-                "--steps", str(args.steps), "--workloads", args.workloads,
+                "--steps", str(args.steps), "--batch", str(args.batch),
+                "--workloads", args.workloads,
                 "--modes", args.modes]).splitlines()[-1])
             for mode in modes if args.accuracy else []:
                 directory = Path(runs) / f"{rate}-{len(accuracy.get(rate, {}))}"
@@ -155,13 +160,13 @@ def main():
     print("|---|---|---|---|---|---|")
     for rate, result in found.items():
         for name, by_mode in result["results"].items():
-            hidden, batch, _ = WORKLOADS[name]
             reference = by_mode.get("allreduce", {}).get("samples_per_second")
             for mode, figures in by_mode.items():
                 speed = figures["samples_per_second"]
                 ratio = f"{speed / reference:.2f}" if reference else "-"
                 sent = [f"{value / 1e6:.2f}" for value in figures["bytes_per_step"]]
-                print(f"| {name} b{batch} ({figures['model_bytes'] / 1e6:.1f} MB) | {rate} "
+                print(f"| {name} b{figures['batch']} ({figures['model_bytes'] / 1e6:.1f} MB) "
+                      f"| {rate} "
                       f"| {mode} | {speed:,.0f} | {ratio} "
                       f"| {sent[0] if len(set(sent)) == 1 else ' / '.join(sent)} |")
     if accuracy:
