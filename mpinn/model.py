@@ -429,7 +429,7 @@ class Sequential:
                         x, index, self._workspace.get("x_batch", high - low, x.shape[1]))
                     yb = y[index]
                 scale = strategy.gradient_scale(high - low, stop - start)
-                loss, out = self.compute_gradients(xb, yb, scale, strategy.layer_done)
+                loss, out = strategy.compute_gradients(self, xb, yb, scale)
                 sums.add(loss, out, yb)
             else:
                 self.params.grad[...] = 0

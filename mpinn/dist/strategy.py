@@ -30,6 +30,12 @@ class Strategy:
     def __init__(self, comm: "Comm | None" = None):
         self.comm = comm or LocalComm()
 
+    @classmethod
+    def local_on_one_rank(cls, options: dict) -> bool:
+        """Whether, on one rank, the single-process loop (LocalStrategy) trains as this
+        strategy with `options` would (`mpinn.strategy` then returns it)."""
+        return True
+
     @property
     def rank(self) -> int:
         return self.comm.rank
@@ -88,6 +94,12 @@ class Strategy:
         return local_samples / global_samples
 
     layer_done = None  # or a callable: hears of each layer whose gradients are complete
+
+    def compute_gradients(self, model, x, y, scale: float):
+        """This rank's share (x, y) of a global batch: `scale` times the gradient of its
+        mean loss into model.params.grad; (loss, outputs), as Sequential's. A strategy
+        may compute it in pieces of its own (allreduce's reproducible mode)."""
+        return model.compute_gradients(x, y, scale, self.layer_done)
 
     def progress_steps(self, steps: int) -> int:
         """How many progress ticks (hook calls) this rank makes in an epoch of `steps`."""
@@ -177,7 +189,7 @@ def get(name: str, comm: "Comm | None" = None, **options) -> Strategy:
             if unknown:
                 raise ConfigError(f"strategy {name!r}: unknown option {unknown[0]!r}; "
                                   f"allowed: {', '.join(allowed) or 'none'}")
-        if comm.size == 1:
+        if comm.size == 1 and strategy_class.local_on_one_rank(options):
             return LocalStrategy(comm)
         strategy = strategy_class(comm=comm, **options)
     except MpinnError as error:

@@ -48,6 +48,14 @@ class NumpyBackend(Backend):
             return None
         return HalfCodec(kind)
 
+    def fixed_point(self):
+        """int64 fixed-point sums for reproducible training (numba), or None."""
+        try:
+            from .fixed_point import FixedPoint
+        except ImportError:
+            return None
+        return FixedPoint()
+
     def describe(self) -> str:
         try:
             from . import kernels

@@ -5,18 +5,23 @@ applies the same optimizer step, so all ranks hold the same parameters throughou
 `compression` puts fewer bytes on the wire, with error feedback (compression.py):
 "float16" or "bfloat16" (half the bytes), or "powersgd" (Dense kernels as rank-r
 products, `powersgd_rank`). `overlap` sends the gradients in buckets of `bucket_mb` while
-backward still computes (overlap.py). `by_node` sums inside each node through shared
+backward still computes (overlap.py). `reproducible` gives the same parameters bit for
+bit on any number of ranks (reproducible.py: fixed chunks of `chunk_size` samples,
+exact fixed-point sums). `by_node` sums inside each node through shared
 memory and across nodes once per node (by_node.py), with float16/bfloat16 compression
 across the nodes where set: "auto" (the default) where the job spans several nodes with
 several ranks on a node and it can (host arrays, as many ranks on every node, room in
 /dev/shm, no overlap, no powersgd), true to insist, false for one flat exchange."""
 
+from mpinn import threads
 from mpinn.dist import Strategy
-from mpinn.errors import ConfigError, choose
+from mpinn.errors import ConfigError, LayoutError, choose
+from mpinn.layers import Dropout
 
 from .by_node import NodeExchange
 from .compression import HalfPrecision, PowerSGD
 from .overlap import OverlappedExchange
+from .reproducible import ChunkedExactSum
 
 COMPRESSIONS = ("none", "float16", "bfloat16", "powersgd")
 
@@ -26,8 +31,20 @@ class AllreduceStrategy(Strategy):
 
     def __init__(self, comm, compression: str = "none", powersgd_rank: "int | None" = None,
                  overlap: bool = False, bucket_mb: float = 4.0,
-                 by_node: "bool | str" = "auto"):
+                 by_node: "bool | str" = "auto", reproducible: bool = False,
+                 chunk_size: int = 16):
         super().__init__(comm)
+        if not isinstance(reproducible, bool):
+            raise ConfigError("allreduce: reproducible must be true or false; received: "
+                              f"reproducible={reproducible!r}")
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ConfigError("allreduce: chunk_size must be a whole number of at least 1; "
+                              f"received: chunk_size={chunk_size!r}")
+        if reproducible and (overlap or compression != "none" or by_node is True):
+            raise ConfigError("allreduce: reproducible goes with overlap = false, compression "
+                              f"'none' and by_node 'auto' or false; received: overlap={overlap!r}"
+                              f", compression={compression!r}, by_node={by_node!r}")
+        self.exact = ChunkedExactSum(chunk_size) if reproducible else None
         if not isinstance(overlap, bool):
             raise ConfigError(f"allreduce: overlap must be true or false; received: {overlap!r}")
         if not (isinstance(by_node, bool) or by_node == "auto"):
@@ -61,14 +78,24 @@ class AllreduceStrategy(Strategy):
         elif self.size > 1 and compression != "none":
             self.compressor = HalfPrecision(compression)
         self._resumed = None
-        wanted = by_node is True or (by_node == "auto" and not overlap
+        wanted = by_node is True or (by_node == "auto" and not overlap and not reproducible
                                      and compression != "powersgd")
         self.node_exchange = NodeExchange(by_node is True) if wanted and self.size > 1 else None
         self.by_node = False  # whether this fit's exchange goes node by node
 
+    @classmethod
+    def local_on_one_rank(cls, options):
+        return not options.get("reproducible")  # its chunks, on one rank too
+
     def setup(self, model):
         super().setup(model)
         self.arrays.broadcast(model.params.data, root=0)
+        if self.exact is not None:
+            refuse_dropout(model)
+            threads.apply(threads.ThreadPlan(1, "reproducible: one BLAS thread a rank"))
+            self.exact.setup(self, model)
+            if self._resumed is not None:
+                self.exact.restore(self._resumed)
         if self.compressor is not None:
             self.compressor.setup(self, model)
             if self._resumed is not None:
@@ -81,6 +108,14 @@ class AllreduceStrategy(Strategy):
         else:  # device arrays that MPI cannot read: one exchange after backward
             self.layer_done = None
 
+    def train_shard(self, count):
+        return self.shard(count) if self.exact is None else self.exact.shard(count)
+
+    def compute_gradients(self, model, x, y, scale):
+        if self.exact is None:
+            return super().compute_gradients(model, x, y, scale)
+        return self.exact.compute(model, x, y, scale)
+
     def apply_gradients(self, model, local_samples, global_samples):
         self.exchange(model)
         model.optimizer.apply(model.params)
@@ -90,6 +125,8 @@ class AllreduceStrategy(Strategy):
         compressor's exchange."""
         if self.layer_done is not None:
             self.overlapped.finish()
+        elif self.exact is not None:
+            self.exact.exchange(model)
         elif self.by_node:
             self.node_exchange.exchange(model)
         elif self.compressor is not None:
@@ -116,9 +153,20 @@ class AllreduceStrategy(Strategy):
         return {} if self.compressor is None else self.compressor.rank_state()
 
     def shared_state(self, model):
-        return {} if self.compressor is None else self.compressor.shared_state()
+        found = {} if self.compressor is None else self.compressor.shared_state()
+        return found if self.exact is None else {**found,
+                                                 **self.exact.shared_state(model.params.dtype)}
 
     def restore_state(self, found, model):
         if self.compressor is not None:
             found.check_strategy_shapes(self.compressor.expected_shapes(model))
+        if self.exact is not None:
+            found.check_strategy_shapes({"fixed_point_largest": (1,)})
         self._resumed = found
+
+
+def refuse_dropout(model) -> None:
+    """Dropout draws its masks per rank: not yet the same on every world size."""
+    if any(isinstance(layer, Dropout) for layer in model.layers):
+        raise LayoutError("allreduce: reproducible does not take Dropout layers yet (their "
+                          "masks are drawn per rank)")
