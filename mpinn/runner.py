@@ -35,6 +35,7 @@ from .runs import earlier_run, move_aside, new_run_id
 from .stopping import Diverged, Failed, StopAtStepBoundary, Stopped, StopRequests, place
 from .stragglers import StragglerReport
 from .threads import ThreadPlan, fit_to_node
+from .threads import apply as apply_threads
 
 FAILURE_VARIABLE = "MPINN_FAIL_AT"  # "rank:step": raise there, to test failure handling
 
@@ -118,6 +119,7 @@ def prepare(job: Job, comm: Comm, resume: "str | None" = None, on_skip=None,
     model = build_model(job)
     check_memory(job, model, np.shape(train[0])[-1], comm)
     strategy = load_strategy(job, comm)
+    strategy.check(model)
     pixel_note = raw_pixel_note(train[0], model, f"{job.source}: data x")  # as loaded
     # checked against the model on every rank, and kept in the model's dtype and memory
     train = model._checked(*train)
@@ -333,6 +335,9 @@ def run_job(path, overrides=(), quiet: bool = False, resume: "str | None" = None
         prepared = prepare(job, comm, resume,
                            on_skip=lambda where, why: skipped.append(f"{where}: {why}"),
                            start_over=start_over)
+        if prepared.strategy.blas_threads is not None:
+            threads = ThreadPlan(*prepared.strategy.blas_threads)
+            apply_threads(threads)
         prepared.threads = threads
         found = fingerprint(prepared, comm)
     except Exception as exc:  # noqa: BLE001 - every setup failure is agreed on
@@ -464,6 +469,7 @@ def _notes(prepared: Prepared, skipped: list[str]) -> list[str]:
                      "training samples: each epoch is one step on all of them")
     if prepared.pixel_note:
         lines.append(f"mpinn: note: {prepared.pixel_note}")
+    lines += [f"mpinn: note: {note}" for note in prepared.strategy.notes(batch_size)]
     return lines
 
 

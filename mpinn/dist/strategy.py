@@ -95,6 +95,17 @@ class Strategy:
 
     layer_done = None  # or a callable: hears of each layer whose gradients are complete
 
+    blas_threads = None  # (count, why): what a rank's BLAS must use (the run's plan gives way)
+
+    def check(self, model) -> None:
+        """Before training, on every rank alike: raise an MpinnError for a model this
+        strategy cannot train (the runner calls it before saying anything)."""
+
+    def notes(self, batch_size: int) -> list[str]:
+        """What rank 0 says before training about this strategy's choices (one line
+        each, without the "mpinn: note: " it gets)."""
+        return []
+
     def compute_gradients(self, model, x, y, scale: float):
         """This rank's share (x, y) of a global batch: `scale` times the gradient of its
         mean loss into model.params.grad; (loss, outputs), as Sequential's. A strategy

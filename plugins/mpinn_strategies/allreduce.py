@@ -45,6 +45,8 @@ class AllreduceStrategy(Strategy):
                               f"'none' and by_node 'auto' or false; received: overlap={overlap!r}"
                               f", compression={compression!r}, by_node={by_node!r}")
         self.exact = ChunkedExactSum(chunk_size) if reproducible else None
+        if reproducible:
+            self.blas_threads = (1, "reproducible: BLAS's bits depend on its thread count")
         if not isinstance(overlap, bool):
             raise ConfigError(f"allreduce: overlap must be true or false; received: {overlap!r}")
         if not (isinstance(by_node, bool) or by_node == "auto"):
@@ -91,8 +93,8 @@ class AllreduceStrategy(Strategy):
         super().setup(model)
         self.arrays.broadcast(model.params.data, root=0)
         if self.exact is not None:
-            refuse_dropout(model)
-            threads.apply(threads.ThreadPlan(1, "reproducible: one BLAS thread a rank"))
+            self.check(model)
+            threads.apply(threads.ThreadPlan(*self.blas_threads))
             self.exact.setup(self, model)
             if self._resumed is not None:
                 self.exact.restore(self._resumed)
@@ -107,6 +109,15 @@ class AllreduceStrategy(Strategy):
             self.layer_done = self.overlapped.layer_done
         else:  # device arrays that MPI cannot read: one exchange after backward
             self.layer_done = None
+
+    def check(self, model):
+        if self.exact is not None and any(isinstance(layer, Dropout) for layer in model.layers):
+            raise LayoutError("allreduce: reproducible does not take Dropout layers yet (their "
+                              "masks are drawn per rank)")
+
+    def notes(self, batch_size):
+        note = None if self.exact is None else self.exact.note(batch_size, self.size)
+        return [note] if note else []
 
     def train_shard(self, count):
         return self.shard(count) if self.exact is None else self.exact.shard(count)
@@ -164,9 +175,3 @@ class AllreduceStrategy(Strategy):
             found.check_strategy_shapes({"fixed_point_largest": (1,)})
         self._resumed = found
 
-
-def refuse_dropout(model) -> None:
-    """Dropout draws its masks per rank: not yet the same on every world size."""
-    if any(isinstance(layer, Dropout) for layer in model.layers):
-        raise LayoutError("allreduce: reproducible does not take Dropout layers yet (their "
-                          "masks are drawn per rank)")

@@ -54,6 +54,14 @@ class ChunkedExactSum:
         self.outputs = None
         self._batch = None
 
+    def note(self, batch_size: int, ranks: int) -> "str | None":
+        """The mode's layout in a line, where some ranks have no chunk; else None."""
+        chunks = -(-batch_size // self.chunk_size)
+        if chunks >= ranks:
+            return None
+        return (f"reproducible: each step of {batch_size} samples is {chunks} chunk(s) of "
+                f"{self.chunk_size}, so {ranks - chunks} of the {ranks} ranks train none")
+
     def shard(self, count: int) -> tuple[int, int]:
         """This rank's whole chunks of a global batch of `count` samples; sets the step's
         exponent (every rank asks, whether it has chunks or not)."""

@@ -112,3 +112,15 @@ def test_bad_reproducible_settings_are_one_line_and_exit_2_on_every_rank(launch,
     said = [line for line in run.stderr.splitlines() if line.strip()]
     assert said and said[0].endswith(message), run.stderr
     assert len(said) == 1, run.stderr
+
+
+@pytest.mark.timeout(120)
+def test_rank_0_says_the_chunks_and_the_ranks_left_without_one(tmp_path, launch):
+    run = launch(3, "train", "--set", "strategy.reproducible=true", "--set",
+                 "training.epochs=1", "--set", f"run.directory='{tmp_path / 'run'}'")
+    assert run.returncode == 0, run.stderr
+    said = ("mpinn: note: reproducible: each step of 32 samples is 2 chunk(s) of 16, so 1 of "
+            "the 3 ranks train none")
+    assert (run.stdout + run.stderr).count(said) == 1, run.stdout + run.stderr
+    assert ("1 BLAS thread per rank (reproducible: BLAS's bits depend on its thread count)"
+            in run.stdout + run.stderr)
