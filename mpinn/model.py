@@ -104,7 +104,7 @@ class Sequential:
             initial = layer.initializers()[local](rng, params.values[name].shape)
             params.values[name][...] = self.backend.asarray(initial, dtype=self.dtype)
         self._bind(params)
-        self._seed_dropout()
+        self.seed_dropout()
         # a layer needs dL/d(input) only if some layer before it has parameters
         self._input_grad = [
             any(earlier.values for earlier in self.layers[:i]) for i in range(len(self.layers))
@@ -136,10 +136,15 @@ class Sequential:
         self._bind(self.params)
         return old
 
-    def _seed_dropout(self) -> None:
+    def seed_dropout(self, key: tuple = ()) -> None:
+        """Draw the Dropout masks from the model's seed and `key` from now on. Training
+        draws from one stream per layer (key ()); reproducible training keys each chunk
+        of a batch (epoch, step, chunk), so that a mask does not depend on which rank, or
+        how many, compute it."""
         for index, layer in enumerate(self.layers):
             if isinstance(layer, Dropout):
-                seed = np.random.SeedSequence(self.seed, spawn_key=(DROPOUT_STREAM, index))
+                seed = np.random.SeedSequence(self.seed,
+                                              spawn_key=(DROPOUT_STREAM, index, *key))
                 layer.rng = self.backend.rng(seed)
 
     def reseed(self, seed: int) -> None:
@@ -147,7 +152,7 @@ class Sequential:
         ranks take rank 0's seed this way (and its weights from the strategy's setup)."""
         self.seed = int(seed)
         if self.built:
-            self._seed_dropout()
+            self.seed_dropout()
 
     def planned_parameters(self, input_dim: int) -> int:
         """How many parameters `build(input_dim)` would allocate (allocating nothing)."""

@@ -119,7 +119,6 @@ def prepare(job: Job, comm: Comm, resume: "str | None" = None, on_skip=None,
     model = build_model(job)
     check_memory(job, model, np.shape(train[0])[-1], comm)
     strategy = load_strategy(job, comm)
-    strategy.check(model)
     pixel_note = raw_pixel_note(train[0], model, f"{job.source}: data x")  # as loaded
     # checked against the model on every rank, and kept in the model's dtype and memory
     train = model._checked(*train)

@@ -97,10 +97,6 @@ class Strategy:
 
     blas_threads = None  # (count, why): what a rank's BLAS must use (the run's plan gives way)
 
-    def check(self, model) -> None:
-        """Before training, on every rank alike: raise an MpinnError for a model this
-        strategy cannot train (the runner calls it before saying anything)."""
-
     def notes(self, batch_size: int) -> list[str]:
         """What rank 0 says before training about this strategy's choices (one line
         each, without the "mpinn: note: " it gets)."""

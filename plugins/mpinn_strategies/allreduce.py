@@ -15,8 +15,7 @@ several ranks on a node and it can (host arrays, as many ranks on every node, ro
 
 from mpinn import threads
 from mpinn.dist import Strategy
-from mpinn.errors import ConfigError, LayoutError, choose
-from mpinn.layers import Dropout
+from mpinn.errors import ConfigError, choose
 
 from .by_node import NodeExchange
 from .compression import HalfPrecision, PowerSGD
@@ -93,7 +92,6 @@ class AllreduceStrategy(Strategy):
         super().setup(model)
         self.arrays.broadcast(model.params.data, root=0)
         if self.exact is not None:
-            self.check(model)
             threads.apply(threads.ThreadPlan(*self.blas_threads))
             self.exact.setup(self, model)
             if self._resumed is not None:
@@ -110,10 +108,10 @@ class AllreduceStrategy(Strategy):
         else:  # device arrays that MPI cannot read: one exchange after backward
             self.layer_done = None
 
-    def check(self, model):
-        if self.exact is not None and any(isinstance(layer, Dropout) for layer in model.layers):
-            raise LayoutError("allreduce: reproducible does not take Dropout layers yet (their "
-                              "masks are drawn per rank)")
+    def at(self, where):
+        super().at(where)
+        if self.exact is not None and isinstance(where, tuple) and isinstance(where[1], int):
+            self.exact.step = where  # (epoch, step): the chunks' Dropout keys
 
     def notes(self, batch_size):
         note = None if self.exact is None else self.exact.note(batch_size, self.size)

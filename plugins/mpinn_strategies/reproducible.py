@@ -7,7 +7,8 @@ depend on how many rows it multiplies at once (OpenBLAS: X[:32] @ W differs from
 (X @ W)[:32]) and on its thread count. So:
 - every global batch is cut into chunks of `chunk_size` samples, the same on any world
   size; ranks own whole chunks (a contiguous run of them, sizes differing by at most
-  one chunk), and a rank computes each chunk's gradient on its own, with one BLAS thread;
+  one chunk), and a rank computes each chunk's gradient on its own, with one BLAS thread
+  and Dropout masks drawn from (seed, epoch, step, chunk) alone;
 - each chunk's gradient joins an int64 accumulator in fixed point, rint(g * 2^s): integer
   sums are exact, so the rank's sum of its chunks and the Allreduce of the ranks' sums
   give the same integers in any order; the sum is then g = total * 2^-s, rounded once to
@@ -39,6 +40,7 @@ FIRST_LARGEST = 1.0  # the largest value assumed before the first step
 class ChunkedExactSum:
     def __init__(self, chunk_size: int):
         self.chunk_size = chunk_size
+        self.step = (0, 0)  # (epoch, step) of the batch being trained
         self.largest = FIRST_LARGEST  # of the last step's summed gradient (every rank's)
 
     def setup(self, strategy, model) -> None:
@@ -69,6 +71,7 @@ class ChunkedExactSum:
         self.limit = 2.0 ** INTEGER_BITS / chunks  # each chunk's scaled values stay below
         self.exponent = self._exponent(self.largest, HEADROOM_BITS)
         first, last = chunks * self.rank // self.size, chunks * (self.rank + 1) // self.size
+        self.first_chunk = first
         return min(first * self.chunk_size, count), min(last * self.chunk_size, count)
 
     def compute(self, model, x, y, scale: float):
@@ -87,6 +90,7 @@ class ChunkedExactSum:
             self.outputs = None
         for start in range(0, count, self.chunk_size):
             stop = min(start + self.chunk_size, count)
+            model.seed_dropout((*self.step, self.first_chunk + start // self.chunk_size))
             loss, out = model.compute_gradients(x[start:stop], y[start:stop],
                                                 scale * (stop - start) / count)
             if accumulate:

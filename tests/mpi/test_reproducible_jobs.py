@@ -1,6 +1,6 @@
 """allreduce's reproducible mode under real `mpiexec`: the default digits job gives the
 same SHA-256 of its parameters on 1, 2, 3 and 4 ranks (and of its optimizer state across
-a resume on another number of ranks), where the default mode does not."""
+a resume on another number of ranks), with Dropout, where the default mode does not."""
 
 import hashlib
 import subprocess
@@ -13,6 +13,8 @@ from mpinn import checkpoint
 from .conftest import MPIEXEC
 
 REPRODUCIBLE = ["--set", "strategy.reproducible=true", "--set", "strategy.chunk_size=8"]
+DROPOUT = ["--set", 'model.layers=[{type="dense", units=64, activation="relu"}, '
+           '{type="dropout", rate=0.2}, {type="dense", units=10, activation="softmax"}]']
 
 
 def digest(path, part: str = "params") -> str:
@@ -34,8 +36,9 @@ def train(launch, tmp_path, ranks, name, *settings):
 
 @pytest.mark.timeout(300)
 def test_the_same_parameters_bit_for_bit_on_1_2_3_4_ranks(tmp_path, launch):
-    """32 samples a step in chunks of 8: 4 chunks on 1 rank, 2 + 2, 1 + 1 + 2, 1 each."""
-    epochs = ["--set", "training.epochs=3"]
+    """32 samples a step in chunks of 8: 4 chunks on 1 rank, 2 + 2, 1 + 1 + 2, 1 each; the
+    model has a Dropout layer, whose masks are drawn per chunk."""
+    epochs = ["--set", "training.epochs=3", *DROPOUT]
     found = {ranks: digest(train(launch, tmp_path, ranks, f"r{ranks}", *REPRODUCIBLE, *epochs))
              for ranks in (None, 2, 3, 4)}
     assert len(set(found.values())) == 1, found
@@ -46,11 +49,13 @@ def test_the_same_parameters_bit_for_bit_on_1_2_3_4_ranks(tmp_path, launch):
 @pytest.mark.timeout(300)
 def test_a_resume_on_another_number_of_ranks_keeps_the_bits(tmp_path, launch):
     """4 ranks for 2 epochs, then 2 ranks for 2 more: 1 rank's 4 epochs, parameters and
-    optimizer state (the fixed-point exponent's source travels in the checkpoint)."""
-    train(launch, tmp_path, 4, "split", *REPRODUCIBLE, "--set", "training.epochs=2")
-    split = train(launch, tmp_path, 2, "split", *REPRODUCIBLE, "--set", "training.epochs=4",
-                  "--resume", "auto")
-    whole = train(launch, tmp_path, None, "whole", *REPRODUCIBLE, "--set", "training.epochs=4")
+    optimizer state (the fixed-point exponent's source travels in the checkpoint; Dropout
+    masks depend on the epoch, step and chunk alone)."""
+    train(launch, tmp_path, 4, "split", *REPRODUCIBLE, *DROPOUT, "--set", "training.epochs=2")
+    split = train(launch, tmp_path, 2, "split", *REPRODUCIBLE, *DROPOUT, "--set",
+                  "training.epochs=4", "--resume", "auto")
+    whole = train(launch, tmp_path, None, "whole", *REPRODUCIBLE, *DROPOUT, "--set",
+                  "training.epochs=4")
     assert checkpoint.read(split).strategy_tensor("fixed_point_largest")[0] > 0
     for part in ("params", "optimizer"):
         assert digest(split, part) == digest(whole, part), part
@@ -99,12 +104,7 @@ def test_chunks_past_the_exponent_are_computed_again_alike_on_every_world_size(t
      "allreduce: chunk_size must be a whole number of at least 1; received: chunk_size=0"),
     (["strategy.reproducible='yes'"],
      "allreduce: reproducible must be true or false; received: reproducible='yes'"),
-    (["strategy.reproducible=true",
-      'model.layers=[{type="dense", units=32, activation="relu"}, {type="dropout", rate=0.2},'
-      ' {type="dense", units=10, activation="softmax"}]'],
-     "allreduce: reproducible does not take Dropout layers yet (their masks are drawn per "
-     "rank)"),
-], ids=["overlap", "chunk-0", "not-a-bool", "dropout"])
+], ids=["overlap", "chunk-0", "not-a-bool"])
 def test_bad_reproducible_settings_are_one_line_and_exit_2_on_every_rank(launch, settings,
                                                                          message):
     run = launch(2, "train", "-q", *[arg for setting in settings for arg in ("--set", setting)])
