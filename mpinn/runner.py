@@ -35,7 +35,6 @@ from .runs import earlier_run, move_aside, new_run_id
 from .stopping import Diverged, Failed, StopAtStepBoundary, Stopped, StopRequests, place
 from .stragglers import StragglerReport
 from .threads import ThreadPlan, fit_to_node
-from .threads import apply as apply_threads
 
 FAILURE_VARIABLE = "MPINN_FAIL_AT"  # "rank:step": raise there, to test failure handling
 
@@ -334,9 +333,8 @@ def run_job(path, overrides=(), quiet: bool = False, resume: "str | None" = None
         prepared = prepare(job, comm, resume,
                            on_skip=lambda where, why: skipped.append(f"{where}: {why}"),
                            start_over=start_over)
-        if prepared.strategy.blas_threads is not None:
+        if prepared.strategy.blas_threads is not None:  # applied by its setup
             threads = ThreadPlan(*prepared.strategy.blas_threads)
-            apply_threads(threads)
         prepared.threads = threads
         found = fingerprint(prepared, comm)
     except Exception as exc:  # noqa: BLE001 - every setup failure is agreed on

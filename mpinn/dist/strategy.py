@@ -95,7 +95,7 @@ class Strategy:
 
     layer_done = None  # or a callable: hears of each layer whose gradients are complete
 
-    blas_threads = None  # (count, why): what a rank's BLAS must use (the run's plan gives way)
+    blas_threads = None  # (count, why): what its setup limits a rank's BLAS to (the header says)
 
     def notes(self, batch_size: int) -> list[str]:
         """What rank 0 says before training about this strategy's choices (one line

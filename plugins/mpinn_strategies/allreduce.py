@@ -33,19 +33,6 @@ class AllreduceStrategy(Strategy):
                  by_node: "bool | str" = "auto", reproducible: bool = False,
                  chunk_size: int = 16):
         super().__init__(comm)
-        if not isinstance(reproducible, bool):
-            raise ConfigError("allreduce: reproducible must be true or false; received: "
-                              f"reproducible={reproducible!r}")
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ConfigError("allreduce: chunk_size must be a whole number of at least 1; "
-                              f"received: chunk_size={chunk_size!r}")
-        if reproducible and (overlap or compression != "none" or by_node is True):
-            raise ConfigError("allreduce: reproducible goes with overlap = false, compression "
-                              f"'none' and by_node 'auto' or false; received: overlap={overlap!r}"
-                              f", compression={compression!r}, by_node={by_node!r}")
-        self.exact = ChunkedExactSum(chunk_size) if reproducible else None
-        if reproducible:
-            self.blas_threads = (1, "reproducible: BLAS's bits depend on its thread count")
         if not isinstance(overlap, bool):
             raise ConfigError(f"allreduce: overlap must be true or false; received: {overlap!r}")
         if not (isinstance(by_node, bool) or by_node == "auto"):
@@ -73,6 +60,19 @@ class AllreduceStrategy(Strategy):
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
             raise ConfigError("allreduce: powersgd_rank must be a whole number of at least 1; "
                               f"received: powersgd_rank={powersgd_rank!r}")
+        if not isinstance(reproducible, bool):
+            raise ConfigError("allreduce: reproducible must be true or false; received: "
+                              f"reproducible={reproducible!r}")
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ConfigError("allreduce: chunk_size must be a whole number of at least 1; "
+                              f"received: chunk_size={chunk_size!r}")
+        if reproducible and (overlap or compression != "none" or by_node is True):
+            raise ConfigError("allreduce: reproducible goes with overlap = false, compression "
+                              f"'none' and by_node 'auto' or false; received: overlap={overlap!r}"
+                              f", compression={compression!r}, by_node={by_node!r}")
+        self.exact = ChunkedExactSum(chunk_size) if reproducible else None
+        if reproducible:
+            self.blas_threads = (1, "reproducible: BLAS's bits depend on its thread count")
         self.compressor = None
         if self.size > 1 and compression == "powersgd":
             self.compressor = PowerSGD(rank)
@@ -94,8 +94,6 @@ class AllreduceStrategy(Strategy):
         if self.exact is not None:
             threads.apply(threads.ThreadPlan(*self.blas_threads))
             self.exact.setup(self, model)
-            if self._resumed is not None:
-                self.exact.restore(self._resumed)
         if self.compressor is not None:
             self.compressor.setup(self, model)
             if self._resumed is not None:
@@ -107,11 +105,6 @@ class AllreduceStrategy(Strategy):
             self.layer_done = self.overlapped.layer_done
         else:  # device arrays that MPI cannot read: one exchange after backward
             self.layer_done = None
-
-    def at(self, where):
-        super().at(where)
-        if self.exact is not None and isinstance(where, tuple) and isinstance(where[1], int):
-            self.exact.step = where  # (epoch, step): the chunks' Dropout keys
 
     def notes(self, batch_size):
         note = None if self.exact is None else self.exact.note(batch_size, self.size)
@@ -169,7 +162,7 @@ class AllreduceStrategy(Strategy):
     def restore_state(self, found, model):
         if self.compressor is not None:
             found.check_strategy_shapes(self.compressor.expected_shapes(model))
-        if self.exact is not None:
+        if self.exact is not None:  # checked here, with the rest of setup, on every rank
             found.check_strategy_shapes({"fixed_point_largest": (1,)})
+            self.exact.restore(found)
         self._resumed = found
-

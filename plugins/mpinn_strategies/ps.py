@@ -208,8 +208,8 @@ class ParameterServerStrategy(Strategy):
 
     def _agree(self, vote: bool) -> bool:
         """Rank 0's vote, taken by every rank."""
-        votes = np.array([float(vote) if self.rank == 0 else 0.0])
-        self.comm.allreduce_sum(votes)
+        votes = np.array([float(vote)])
+        self.comm.broadcast(votes, root=0)
         return bool(votes[0])
 
     def _barrier(self):

@@ -40,7 +40,6 @@ FIRST_LARGEST = 1.0  # the largest value assumed before the first step
 class ChunkedExactSum:
     def __init__(self, chunk_size: int):
         self.chunk_size = chunk_size
-        self.step = (0, 0)  # (epoch, step) of the batch being trained
         self.largest = FIRST_LARGEST  # of the last step's summed gradient (every rank's)
 
     def setup(self, strategy, model) -> None:
@@ -72,6 +71,7 @@ class ChunkedExactSum:
         self.exponent = self._exponent(self.largest, HEADROOM_BITS)
         first, last = chunks * self.rank // self.size, chunks * (self.rank + 1) // self.size
         self.first_chunk = first
+        self.place = self.comm.where  # (epoch, step), as the strategy was told: Dropout keys
         return min(first * self.chunk_size, count), min(last * self.chunk_size, count)
 
     def compute(self, model, x, y, scale: float):
@@ -87,10 +87,10 @@ class ChunkedExactSum:
         grad, count, multiplier = model.params.grad, len(x), 2.0 ** self.exponent
         self.measured, loss_sum = 0.0, 0.0
         if self.outputs is None or len(self.outputs) < count:
-            self.outputs = None
+            self.outputs = self.xp.empty((count, model.layers[-1].output_dim), grad.dtype)
         for start in range(0, count, self.chunk_size):
             stop = min(start + self.chunk_size, count)
-            model.seed_dropout((*self.step, self.first_chunk + start // self.chunk_size))
+            model.seed_dropout((*self.place, self.first_chunk + start // self.chunk_size))
             loss, out = model.compute_gradients(x[start:stop], y[start:stop],
                                                 scale * (stop - start) / count)
             if accumulate:
@@ -100,8 +100,6 @@ class ChunkedExactSum:
             else:
                 self.measured = max(self.measured, largest(grad))
             loss_sum += loss * (stop - start)
-            if self.outputs is None:
-                self.outputs = self.xp.empty((count, *out.shape[1:]), out.dtype)
             self.outputs[start:stop] = out  # the model reuses its buffers
         return loss_sum / count, self.outputs[:count]
 

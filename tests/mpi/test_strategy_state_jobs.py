@@ -41,3 +41,30 @@ def test_state_of_the_wrong_shape_is_one_line_and_exit_2_on_every_rank(tmp_path,
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].endswith(
         f"{crafted}: strategy state {name} has shape {shape}, the model needs {needed}"), lines
+
+
+REPRODUCIBLE = ["--set", "strategy.reproducible=true", "--set", "strategy.chunk_size=8"]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("shape, value, said", [
+    ((2,), 0.0, "has shape (2,), the model needs (1,)"),
+    ((1,), 0.0, "is 0.0, not above 0"),
+    ((1,), -3.0, "is -3.0, not above 0"),
+], ids=["two-values", "zero", "negative"])
+def test_a_crafted_fixed_point_exponent_source_is_one_line_and_exit_2(tmp_path, launch, shape,
+                                                                     value, said):
+    """Reproducible mode's largest value sets the next step's exponent: it must be one
+    number above 0."""
+    assert launch(2, "train", "-q", *REPRODUCIBLE, "--set", "training.epochs=1").returncode == 0
+    crafted = tmp_path / "crafted.h5"
+    shutil.copyfile(tmp_path / "runs" / "digits" / "final.h5", crafted)
+    with h5py.File(crafted, "a") as file:
+        del file["strategy"]["fixed_point_largest"]
+        file["strategy"].create_dataset("fixed_point_largest",
+                                        data=np.full(shape, value, np.float32), fletcher32=True)
+    run = launch(2, "train", "-q", "--resume", str(crafted), "--set", "run.name='again'",
+                 *REPRODUCIBLE)
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert lines == [f"mpinn: error: {crafted}: strategy state fixed_point_largest {said}"], lines
