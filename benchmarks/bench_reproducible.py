@@ -1,13 +1,16 @@
 """allreduce's reproducible mode against the default one: W1 and W2 throughput at 1 and
-2 ranks, side by side in one run, and the fixed-point sum's error on real gradients. See
-benchmarks/README.md.
+2 ranks, side by side in one run, the fixed-point sum's error on real gradients, and the
+default job's accuracy in both modes. See benchmarks/README.md.
 
     python benchmarks/bench_reproducible.py [--ranks 1,2] [--repeats 5] [--chunks 4]
+                                            [--seeds 5]
 
 The driver launches `mpiexec -n K` (1 BLAS thread per rank) for each K of --ranks; each
 rank trains each workload one epoch at a time, the default mode and the reproducible one
 in turn (A B, B A, ...), chunk_size = the workload's batch / --chunks (so that up to
 --chunks ranks share a step). The first epoch of each is left out; medians of the rest.
+Then `mpinn train` runs the default job (digits, 30 epochs) on the largest K, in both
+modes, for each run.seed of 0 .. --seeds - 1: its last validation accuracy.
 """
 
 import argparse
@@ -15,7 +18,9 @@ import json
 import math
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,17 +51,21 @@ def worker(repeats: int, chunks: int, names: list[str]) -> None:
     for name in names:
         hidden, batch, samples = WORKLOADS[name]
         x, y = make_data(samples)
-        modes = {"default": {}, "reproducible": {"reproducible": True,
-                                                 "chunk_size": batch // chunks}}
+        exact = {"reproducible": True, "chunk_size": batch // chunks}
+        modes = {("allreduce", "default"): ("allreduce", {}),
+                 ("allreduce", "reproducible"): ("allreduce", exact)}
+        if mpinn.world().size > 1:  # sync ps: rank 0 serves, the others train
+            modes[("ps", "default")] = ("ps", {"mode": "sync"})
+            modes[("ps", "reproducible")] = ("ps", {"mode": "sync", **exact})
         clocks = {mode: EpochClock() for mode in modes}
         models = {mode: mpinn_model((784, *hidden, 10)) for mode in modes}
-        strategies = {mode: mpinn.strategy("allreduce", **options)
-                      for mode, options in modes.items()}
+        strategies = {mode: mpinn.strategy(strategy, **options)
+                      for mode, (strategy, options) in modes.items()}
         for round_ in range(repeats + 1):
             for mode in (list(modes) if round_ % 2 == 0 else list(reversed(modes))):
                 models[mode].fit(x, y, batch_size=batch, epochs=1, verbose=0,
                                  strategy=strategies[mode], callbacks=[clocks[mode]])
-        rate = {mode: samples / statistics.median(clock.seconds[1:])
+        rate = {" ".join(mode): samples / statistics.median(clock.seconds[1:])
                 for mode, clock in clocks.items()}
         results[name] = {"samples_per_second": rate, "error": sum_error(name, chunks)}
     if mpinn.world().rank == 0:
@@ -80,14 +89,33 @@ def sum_error(name: str, chunks: int) -> dict:
     exact = np.sum(np.array(gradients, np.float64), axis=0)
     limit = 2.0**INTEGER_BITS / chunks
     exponent = math.floor(math.log2(limit / max(largest(g) for g in gradients))) - 1
-    passes, total = ArrayFixedPoint(np), np.zeros(exact.size, np.int64)
-    for gradient in gradients:
-        passes.accumulate(gradient, 2.0**exponent, total, limit)
+    total = np.empty(exact.size, np.int64)
+    ArrayFixedPoint(np).accumulate(np.array(gradients), 2.0**exponent, total, limit, True)
     fixed = total.astype(np.float64) * 2.0**-exponent
     scale = float(np.abs(exact).max())
     return {"fixed_point": float(np.abs(fixed - exact).max()) / scale,
             "fixed_point_float32": float(np.abs(fixed.astype(np.float32) - exact).max()) / scale,
             "float32": float(np.abs(sum(gradients) - exact).max()) / scale}
+
+
+def default_job_accuracy(ranks: int, seeds: int) -> dict:
+    """The default job's last val_accuracy for each seed, in each mode (the CLI's run)."""
+    from mpinn import checkpoint
+
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    modes = {"default": [], "reproducible": ["--set", "strategy.reproducible=true"]}
+    found = {mode: [] for mode in modes}
+    with tempfile.TemporaryDirectory() as scratch:
+        for seed in range(seeds):
+            for mode, settings in modes.items():
+                directory = Path(scratch) / f"{mode}-{seed}"
+                subprocess.run([str(mpiexec), "-n", str(ranks), sys.executable, "-m", "mpinn",
+                                "train", "-q", "--set", f"run.seed={seed}", "--set",
+                                f"run.directory='{directory}'", *settings],
+                               check=True, timeout=600, capture_output=True)
+                history = checkpoint.read(directory / "final.h5").history
+                found[mode].append(history["val_accuracy"][-1])
+    return found
 
 
 def main():
@@ -96,6 +124,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--chunks", type=int, default=4)
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     names = args.workloads.split(",")
@@ -109,14 +138,18 @@ def main():
           f"chunk_size = batch / {args.chunks}")
     for line in next(iter(runs.values()))["blas"]:
         print(line)
-    print("\n| workload | ranks | default samples/s | reproducible samples/s | reproducible / "
-          "default |")
-    print("|---|---|---|---|---|")
+    print("\n| workload | ranks | strategy | default samples/s | reproducible samples/s "
+          "| reproducible / default |")
+    print("|---|---|---|---|---|---|")
     for name in names:
         for ranks, run in sorted(runs.items()):
             rate = run["results"][name]["samples_per_second"]
-            print(f"| {name} | {ranks} | {rate['default']:,.0f} | {rate['reproducible']:,.0f} "
-                  f"| {rate['reproducible'] / rate['default']:.3f} |")
+            for strategy in ("allreduce", "ps"):
+                if f"{strategy} default" in rate:
+                    default, exact = rate[f"{strategy} default"], rate[f"{strategy} reproducible"]
+                    shown = "ps sync" if strategy == "ps" else strategy
+                    print(f"| {name} | {ranks} | {shown} | {default:,.0f} | {exact:,.0f} "
+                          f"| {exact / default:.3f} |")
     print("\n| workload | fixed point vs float64 (before rounding) | after rounding to float32 "
           "| float32 sum in chunk order |")
     print("|---|---|---|---|")
@@ -125,6 +158,16 @@ def main():
         print(f"| {name} | {error['fixed_point']:.2e} | {error['fixed_point_float32']:.2e} "
               f"| {error['float32']:.2e} |")
     print("\nerrors: the largest over the buffer, relative to its largest magnitude")
+    if args.seeds:
+        ranks = max(runs)
+        accuracy = default_job_accuracy(ranks, args.seeds)
+        print(f"\nthe default job (digits, 30 epochs) on {ranks} rank(s), last val_accuracy "
+              f"for run.seed 0..{args.seeds - 1}:\n")
+        print("| mode | per seed | mean | stdev |")
+        print("|---|---|---|---|")
+        for mode, values in accuracy.items():
+            print(f"| {mode} | {' '.join(f'{v:.4f}' for v in values)} | "
+                  f"{statistics.mean(values):.4f} | {statistics.pstdev(values):.4f} |")
 
 
 if __name__ == "__main__":

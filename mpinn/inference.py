@@ -29,11 +29,14 @@ class Evaluation:
     y: object
     what: str
     batch_size: int
+    exact: bool  # a reproducible job's: its batches, summed exactly (Strategy.exact_sums)
 
     def run(self, comm) -> dict:
         """Loss and metrics, each rank scoring its shard with the training's batch size, so
-        that the figures are the training's own for the same data and world size."""
+        that the figures are the training's own for the same data and world size (a
+        reproducible job's: for the same data, on any world size)."""
         strategy = Strategy(comm)
+        strategy.exact_sums = self.exact
         strategy.setup(self.model)
         return self.model._evaluate_checked(self.x, self.y, self.batch_size, strategy)
 
@@ -75,7 +78,8 @@ def prepare_evaluation(path, data_file=None, overrides=()) -> Evaluation:
         (x, y), what = (validation, _validation_text(job)) if validation is not None else (
             train, "the training data (the job has no validation set)")
     x, y = model._checked(x, y)
-    return Evaluation(model, x, y, f"{what}, {len(x)} samples", job["training.batch_size"])
+    return Evaluation(model, x, y, f"{what}, {len(x)} samples", job["training.batch_size"],
+                      job.extras("strategy").get("reproducible") is True)
 
 
 def _file_data(job: Job, data_file):

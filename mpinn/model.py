@@ -2,7 +2,6 @@
 
 import functools
 import math
-from collections.abc import Mapping
 
 import numpy as np
 
@@ -11,6 +10,7 @@ from . import inputs, losses, optim
 from .backend import resolve_backend
 from .dist.strategy import LocalStrategy
 from .dist.strategy import get as get_strategy
+from .epoch_sums import EpochSums, RunningMeans
 from .errors import ConfigError, choose, fraction, positive_int
 from .layers import Dropout, Layer
 from .metrics import METRICS
@@ -403,7 +403,7 @@ class Sequential:
     def _train_epoch(self, x, y, batch_size, shuffle, epoch, batch_hooks, strategy,
                      skip: int) -> dict:
         samples = len(x)
-        sums = _Sums(self.metrics, self.optimizer.skip_nonfinite)
+        sums = EpochSums(self.metrics, self.optimizer.skip_nonfinite, strategy.exact_sums)
         if strategy.serves:
             self.position = None
             strategy.at((epoch, "serving"))
@@ -434,25 +434,22 @@ class Sequential:
                         x, index, self._workspace.get("x_batch", high - low, x.shape[1]))
                     yb = y[index]
                 scale = strategy.gradient_scale(high - low, stop - start)
-                loss, out = strategy.compute_gradients(self, xb, yb, scale)
-                sums.add(loss, out, yb)
+                strategy.compute_gradients(self, xb, yb, scale, sums)
             else:
                 self.params.grad[...] = 0
             strategy.apply_gradients(self, high - low, stop - start)
             if strategy.lockstep:
                 self.position = (epoch, step + 1) if step + 1 < steps else None
             if batch_hooks:
-                logs = _RunningMeans(sums)
+                logs = RunningMeans(sums)
                 for hook in batch_hooks:
                     hook.on_train_batch_end(step, logs)
 
     def _evaluate_checked(self, x, y, batch_size, strategy=None) -> dict:
         """Loss and metrics over (x, y); with a strategy, each rank takes its shard."""
         strategy = strategy or LocalStrategy()
-        low, high = strategy.shard(len(x))
-        sums = _Sums(self.metrics)
-        for start in range(low, high, batch_size):
-            stop = min(start + batch_size, high)
+        sums = EpochSums(self.metrics, exact=strategy.exact_sums)
+        for start, stop in strategy.evaluation_batches(len(x), batch_size):
             loss, out, _ = self._loss_and_output_grad(x[start:stop], y[start:stop],
                                                       training=False)
             sums.add(loss, out, y[start:stop])
@@ -493,80 +490,6 @@ class Sequential:
 
     def __call__(self, x) -> np.ndarray:
         return self.predict(x, batch_size=max(len(x), 1))
-
-
-class _Sums:
-    """Sample-weighted running sums of the loss and metrics over an epoch. With
-    `skip_nonfinite` (the optimizer skips such steps) a batch whose loss is NaN or Inf is
-    counted apart instead; an epoch of nothing but such batches has NaN figures."""
-
-    def __init__(self, metric_list, skip_nonfinite: bool = False):
-        self.metrics, self.skip_nonfinite = metric_list, skip_nonfinite
-        self.samples = self.skipped = 0
-        self.loss = 0.0
-        # float64 device scalars: the batch sums add up where they are computed
-        self.totals = [np.float64(0)] * len(metric_list)
-
-    def add(self, loss, out, y):
-        if self.skip_nonfinite and not math.isfinite(loss):
-            self.skipped += 1
-            return
-        n = len(out)
-        self.samples += n
-        self.loss += loss * n
-        for i, metric in enumerate(self.metrics):
-            self.totals[i] += metric.batch_sum(y, out)
-
-    def mean_loss(self) -> float:
-        """The running mean loss, a host number (no device read)."""
-        return self._mean(self.samples, self.skipped, self.loss)
-
-    def means(self) -> dict:
-        return self._logs(self.samples, self.skipped, self.loss, self.totals)
-
-    def reduced(self, strategy) -> dict:
-        """Means over every rank's samples (exact, whatever the shard sizes)."""
-        if strategy.size == 1:
-            return self.means()
-        samples, skipped, loss, *totals = strategy.reduce(
-            [self.samples, self.skipped, self.loss, *map(float, self.totals)])
-        return self._logs(samples, skipped, loss, totals)
-
-    def _logs(self, samples, skipped, loss, totals) -> dict:
-        logs = {"loss": self._mean(samples, skipped, loss)}
-        for metric, total in zip(self.metrics, totals, strict=True):
-            logs[metric.name] = self._mean(samples, skipped, total)
-        return logs
-
-    @staticmethod
-    def _mean(samples, skipped, total) -> float:
-        if not samples:
-            return math.nan if skipped else 0.0
-        return float(total) / samples
-
-
-class _RunningMeans(Mapping):
-    """A step's running epoch means for batch hooks, read from the device only when a
-    hook looks at them (a progress bar redraws a few times a second; most hooks never)."""
-
-    def __init__(self, sums: _Sums):
-        self._sums, self._means = sums, None
-
-    def _read(self) -> dict:
-        if self._means is None:
-            self._means = self._sums.means()
-        return self._means
-
-    def __getitem__(self, key):
-        if key == "loss" and self._means is None:
-            return self._sums.mean_loss()
-        return self._read()[key]
-
-    def __iter__(self):
-        return iter(self._read())
-
-    def __len__(self) -> int:
-        return len(self._read())
 
 
 def _verbosity(verbose) -> int:

@@ -20,15 +20,17 @@ def chunk_gradients(count=6, size=5000, seed=0):
 
 
 def fixed_sum(passes, groups, exponent, limit):
-    """The chunks summed group by group (as ranks would), then the groups' totals."""
+    """The chunks summed group by group (as ranks would: up to two in a pass, the first
+    pass replacing what the total held), then the groups' totals."""
     totals = []
     for group in groups:
-        total = np.zeros(group[0].size, np.int64)
-        for chunk in group:
-            assert passes.accumulate(chunk, 2.0**exponent, total, limit) == (0, 0)
+        total = np.full(group[0].size, 12345, np.int64)
+        for start in range(0, len(group), 2):
+            rows = np.array(group[start:start + 2])
+            assert passes.accumulate(rows, 2.0**exponent, total, limit, start == 0) == (0, 0)
         totals.append(total)
     out = np.empty(groups[0][0].size, np.float32)
-    passes.decode(sum(totals), 2.0**-exponent, out)
+    assert passes.decode(sum(totals), 2.0**-exponent, out) == largest(out)
     return out
 
 
@@ -58,14 +60,14 @@ def test_both_passes_agree_and_count_what_does_not_fit():
     values = np.array([1.5, -2.0, 1e30, np.nan, -np.inf, 3.25e-3], np.float32)
     totals = []
     for passes in PASSES.values():
-        total = np.zeros(values.size, np.int64)
-        assert passes.accumulate(values, 2.0**20, total, 2.0**40) == (1, 2)
-        totals.append(total)
+        total = np.ones(values.size, np.int64)
+        assert passes.accumulate(values[None], 2.0**20, total, 2.0**40, False) == (1, 2)
+        totals.append(total - 1)
     np.testing.assert_array_equal(*totals)
     assert largest(values[[0, 1, 5]]) == 2.0 and math.isnan(largest(values))
     assert totals[0].tolist() == [1572864, -2097152, 0, 0, 0, 3408]
     out = [np.empty(2, np.float64), np.empty(2, np.float64)]
     for passes, target in zip(PASSES.values(), out, strict=True):
-        passes.decode(np.array([3, -(2**61)], np.int64), 2.0**-2, target)
+        assert passes.decode(np.array([3, -(2**61)], np.int64), 2.0**-2, target) == 2.0**59
     np.testing.assert_array_equal(out[0], [0.75, -(2.0**59)])
     np.testing.assert_array_equal(*out)

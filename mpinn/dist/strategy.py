@@ -31,10 +31,11 @@ class Strategy:
         self.comm = comm or LocalComm()
 
     @classmethod
-    def local_on_one_rank(cls, options: dict) -> bool:
-        """Whether, on one rank, the single-process loop (LocalStrategy) trains as this
-        strategy with `options` would (`mpinn.strategy` then returns it)."""
-        return True
+    def on_one_rank(cls, comm, options: dict) -> "Strategy | None":
+        """What trains as this strategy with `options` would on `comm`, a world of one
+        (`mpinn.strategy` returns it): the single-process loop by default; None for
+        this strategy itself."""
+        return LocalStrategy(comm)
 
     @property
     def rank(self) -> int:
@@ -85,6 +86,19 @@ class Strategy:
         differing by at most one, possibly empty."""
         return count * self.rank // self.size, count * (self.rank + 1) // self.size
 
+    exact_sums = False  # True: loss and metrics are summed exactly (EpochSums), reproducibly
+
+    def evaluation_batches(self, count: int, batch_size: int) -> list[tuple[int, int]]:
+        """The (start, stop) batches of `count` samples this rank evaluates: its shard, in
+        batches of `batch_size` from the shard's start; with exact sums, a run of whole
+        batches of one process's (each batch's figures then depend on it alone)."""
+        if self.exact_sums:
+            batches = -(-count // batch_size)
+            first, last = batches * self.rank // self.size, batches * (self.rank + 1) // self.size
+            return [(b * batch_size, min((b + 1) * batch_size, count)) for b in range(first, last)]
+        low, high = self.shard(count)
+        return [(start, min(start + batch_size, high)) for start in range(low, high, batch_size)]
+
     def train_shard(self, count: int) -> tuple[int, int]:
         """The part of a global batch of `count` samples this rank trains."""
         return self.shard(count)
@@ -102,11 +116,13 @@ class Strategy:
         each, without the "mpinn: note: " it gets)."""
         return []
 
-    def compute_gradients(self, model, x, y, scale: float):
+    def compute_gradients(self, model, x, y, scale: float, sums) -> None:
         """This rank's share (x, y) of a global batch: `scale` times the gradient of its
-        mean loss into model.params.grad; (loss, outputs), as Sequential's. A strategy
-        may compute it in pieces of its own (allreduce's reproducible mode)."""
-        return model.compute_gradients(x, y, scale, self.layer_done)
+        mean loss into model.params.grad, and its loss and outputs into `sums`
+        (EpochSums.add). A strategy may compute it in pieces of its own (reproducible
+        modes: fixed chunks, each added on its own)."""
+        loss, out = model.compute_gradients(x, y, scale, self.layer_done)
+        sums.add(loss, out, y)
 
     def progress_steps(self, steps: int) -> int:
         """How many progress ticks (hook calls) this rank makes in an epoch of `steps`."""
@@ -183,8 +199,9 @@ class LocalStrategy(Strategy):
 
 def get(name: str, comm: "Comm | None" = None, **options) -> Strategy:
     """The strategy plugin `name` on `comm` (the MPI world by default), with `options`
-    (e.g. get("ps", staleness=2)). In a world of one every strategy is the local step: the
-    options are checked by name, their values where there are more ranks. A bad name or
+    (e.g. get("ps", staleness=2)). In a world of one it is the strategy's `on_one_rank`
+    (the single-process loop, unless the strategy says otherwise): the options are
+    checked by name, their values where there are more ranks. A bad name or
     option is raised by every rank alike (rank 0 alone says it, see Comm.excepthook)."""
     comm = comm or world()
     try:
@@ -196,9 +213,9 @@ def get(name: str, comm: "Comm | None" = None, **options) -> Strategy:
             if unknown:
                 raise ConfigError(f"strategy {name!r}: unknown option {unknown[0]!r}; "
                                   f"allowed: {', '.join(allowed) or 'none'}")
-        if comm.size == 1 and strategy_class.local_on_one_rank(options):
-            return LocalStrategy(comm)
-        strategy = strategy_class(comm=comm, **options)
+        strategy = strategy_class.on_one_rank(comm, options) if comm.size == 1 else None
+        if strategy is None:
+            strategy = strategy_class(comm=comm, **options)
     except MpinnError as error:
         error.every_rank = True
         raise

@@ -20,7 +20,7 @@ from mpinn.errors import ConfigError, choose
 from .by_node import NodeExchange
 from .compression import HalfPrecision, PowerSGD
 from .overlap import OverlappedExchange
-from .reproducible import ChunkedExactSum
+from .reproducible import BLAS_THREADS, ChunkedExactSum, check_options
 
 COMPRESSIONS = ("none", "float16", "bfloat16", "powersgd")
 
@@ -60,19 +60,14 @@ class AllreduceStrategy(Strategy):
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
             raise ConfigError("allreduce: powersgd_rank must be a whole number of at least 1; "
                               f"received: powersgd_rank={powersgd_rank!r}")
-        if not isinstance(reproducible, bool):
-            raise ConfigError("allreduce: reproducible must be true or false; received: "
-                              f"reproducible={reproducible!r}")
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ConfigError("allreduce: chunk_size must be a whole number of at least 1; "
-                              f"received: chunk_size={chunk_size!r}")
+        check_options("allreduce", reproducible, chunk_size)
         if reproducible and (overlap or compression != "none" or by_node is True):
             raise ConfigError("allreduce: reproducible goes with overlap = false, compression "
                               f"'none' and by_node 'auto' or false; received: overlap={overlap!r}"
                               f", compression={compression!r}, by_node={by_node!r}")
-        self.exact = ChunkedExactSum(chunk_size) if reproducible else None
+        self.exact = ChunkedExactSum(chunk_size, (self.rank, self.size)) if reproducible else None
         if reproducible:
-            self.blas_threads = (1, "reproducible: BLAS's bits depend on its thread count")
+            self.blas_threads = BLAS_THREADS
         self.compressor = None
         if self.size > 1 and compression == "powersgd":
             self.compressor = PowerSGD(rank)
@@ -85,15 +80,19 @@ class AllreduceStrategy(Strategy):
         self.by_node = False  # whether this fit's exchange goes node by node
 
     @classmethod
-    def local_on_one_rank(cls, options):
-        return not options.get("reproducible")  # its chunks, on one rank too
+    def on_one_rank(cls, comm, options):
+        return None if options.get("reproducible") else super().on_one_rank(comm, options)
+
+    @property
+    def exact_sums(self):
+        return self.exact is not None
 
     def setup(self, model):
         super().setup(model)
         self.arrays.broadcast(model.params.data, root=0)
         if self.exact is not None:
             threads.apply(threads.ThreadPlan(*self.blas_threads))
-            self.exact.setup(self, model)
+            self.exact.setup(model, self.comm, self.arrays)
         if self.compressor is not None:
             self.compressor.setup(self, model)
             if self._resumed is not None:
@@ -107,16 +106,17 @@ class AllreduceStrategy(Strategy):
             self.layer_done = None
 
     def notes(self, batch_size):
-        note = None if self.exact is None else self.exact.note(batch_size, self.size)
+        note = None if self.exact is None else self.exact.note(batch_size)
         return [note] if note else []
 
     def train_shard(self, count):
         return self.shard(count) if self.exact is None else self.exact.shard(count)
 
-    def compute_gradients(self, model, x, y, scale):
+    def compute_gradients(self, model, x, y, scale, sums):
         if self.exact is None:
-            return super().compute_gradients(model, x, y, scale)
-        return self.exact.compute(model, x, y, scale)
+            super().compute_gradients(model, x, y, scale, sums)
+        else:
+            self.exact.compute(model, x, y, scale, sums)
 
     def apply_gradients(self, model, local_samples, global_samples):
         self.exchange(model)
@@ -141,6 +141,8 @@ class AllreduceStrategy(Strategy):
             self.overlapped.close()
         if self.by_node:
             self.node_exchange.close(model)
+        if self.exact is not None:
+            self.exact.close(model)
 
     def report(self):
         return {"by_node": True} if self.by_node else {}

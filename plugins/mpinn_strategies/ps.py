@@ -18,6 +18,9 @@ Modes:
   an Allreduce, not a Reduce to the servers, since MPICH 5 reduces 23 MB on 2 ranks in
   22 ms but allreduces it in 5 (Open MPI: 10 and 10). Either way the result equals
   `allreduce` over the workers up to float rounding (bit for bit with one worker).
+  `reproducible = true` trains the workers in reproducible.py's chunks, and its int64
+  sums take the Allreduce's place (also on one node): the same bits on any number of
+  workers, and as `allreduce`'s reproducible mode.
 - `async`: every push is applied as it arrives (each worker's shard of a global batch is
   one update). With `staleness = s` a worker may be at most s pushes ahead of the slowest
   worker (s = 0 moves in lock step); without it there is no bound (Downpour-style).
@@ -74,12 +77,15 @@ from collections import Counter
 
 import numpy as np
 
+from mpinn import threads
 from mpinn.dist import Strategy
 from mpinn.errors import ConfigError, LayoutError, choose
 from mpinn.optim import global_norm
 
 from . import cache_lines
+from .allreduce import AllreduceStrategy
 from .compression import CompressedPushes, half_codec
+from .reproducible import BLAS_THREADS, ChunkedExactSum, check_options
 
 PUSH, GRADIENT, REPLY, PARAMETERS, STATE = 1, 2, 3, 4, 5  # message tags
 # pushed: [version, samples, gradient norm, pull, spare half, half-precision scale];
@@ -94,7 +100,8 @@ class ParameterServerStrategy(Strategy):
 
     def __init__(self, comm, mode: str = "async", staleness: "int | None" = None,
                  staleness_aware_lr: bool = False, servers: int = 1, push_every: int = 1,
-                 pull_every: int = 1, compression: str = "none"):
+                 pull_every: int = 1, compression: str = "none", reproducible: bool = False,
+                 chunk_size: int = 16):
         super().__init__(comm)
         choose("ps mode", mode, ("sync", "async"))
         choose("ps compression", compression, COMPRESSIONS)
@@ -107,6 +114,10 @@ class ParameterServerStrategy(Strategy):
                                or push_every != 1 or pull_every != 1 or compression != "none"):
             raise ConfigError("ps: staleness, staleness_aware_lr, push_every, pull_every and "
                               "compression apply to mode 'async' only")
+        check_options("ps", reproducible, chunk_size)
+        if reproducible and mode != "sync":
+            raise ConfigError("ps: reproducible applies to mode 'sync' only; received: "
+                              f"mode={mode!r}")
         if comm.size < 2:
             raise ConfigError("strategy 'ps' needs at least 2 ranks (rank 0 serves, the others "
                               "train): run it under mpirun -n 2 or more, or use 'allreduce'")
@@ -130,6 +141,27 @@ class ParameterServerStrategy(Strategy):
         self.codec = None  # a server's half-precision codec, with compression
         self._resumed = None
         self._records: list[dict] = []  # every server's, gathered on rank 0 at the end
+        self.exact = None  # reproducible.py's chunks and exact sums, where reproducible
+        if reproducible:
+            self.exact = ChunkedExactSum(chunk_size, (comm.rank - servers, self.workers))
+            self.blas_threads = BLAS_THREADS
+
+    @classmethod
+    def on_one_rank(cls, comm, options):
+        """Reproducible sync on one rank: allreduce's reproducible mode, which trains the
+        same chunks alike."""
+        if options.get("reproducible") is True and options.get("mode") == "sync":
+            return AllreduceStrategy(comm, reproducible=True,
+                                     chunk_size=options.get("chunk_size", 16))
+        return super().on_one_rank(comm, options)
+
+    @property
+    def exact_sums(self):
+        return self.exact is not None
+
+    def notes(self, batch_size):
+        note = None if self.exact is None else self.exact.note(batch_size)
+        return [note] if note else []
 
     # ------------------------------------------------------------------ every rank
     def setup(self, model):
@@ -143,7 +175,10 @@ class ParameterServerStrategy(Strategy):
         self.shared = None  # MPI shared memory, where the model's arrays are host arrays
         self.claims = False  # whether workers claim the shared parameters (cache_lines)
         self._claimed = None  # a worker's part of them, where they do
-        if self.arrays.direct and model.backend.device is None:
+        if self.exact is not None:  # by messages: the sum is the exchanged integers'
+            threads.apply(threads.ThreadPlan(*self.blas_threads))
+            self.exact.setup(model, self.comm, self.arrays)
+        elif self.arrays.direct and model.backend.device is None:
             if self.mode == "async":  # on each node: the workers' parameters, in halves
                 self.shared = self.comm.shared_memory(
                     0 if self.serves else 2 * model.params.data.nbytes)
@@ -228,8 +263,16 @@ class ParameterServerStrategy(Strategy):
     def train_shard(self, count):
         if self.serves:
             return 0, 0
+        if self.exact is not None:
+            return self.exact.shard(count)
         worker = self.rank - self.servers
         return count * worker // self.workers, count * (worker + 1) // self.workers
+
+    def compute_gradients(self, model, x, y, scale, sums):
+        if self.exact is None:
+            super().compute_gradients(model, x, y, scale, sums)
+        else:
+            self.exact.compute(model, x, y, scale, sums)
 
     def gradient_scale(self, local_samples, global_samples):
         if self.mode == "sync":
@@ -280,6 +323,8 @@ class ParameterServerStrategy(Strategy):
         record = self._record() if self.serves else {}
         found = self.comm.allgather_bytes(json.dumps(record).encode())
         self._records = [json.loads(text) for text in found[:self.servers]]
+        if self.exact is not None:
+            self.exact.close(model)
         if self.shared is not None:  # the model keeps its buffers once the memory is gone
             model.swap_buffers(data=model.params.data.copy(), grad=model.params.grad.copy())
             self.shared.free()
@@ -295,10 +340,16 @@ class ParameterServerStrategy(Strategy):
             return {"residual": self.compressed.residual}
         return {"residual": model.backend.xp.zeros_like(model.params.grad)}
 
+    def shared_state(self, model):
+        return {} if self.exact is None else self.exact.shared_state(model.params.dtype)
+
     def restore_state(self, found, model):
         if self.compression != "none" and found.attrs["strategy"] == self.name:
             found.check_strategy_shapes({"residual_by_rank": model.params.grad.shape})
             self._resumed = found
+        if self.exact is not None:  # checked here, with the rest of setup, on every rank
+            found.check_strategy_shapes({"fixed_point_largest": (1,)})
+            self.exact.restore(found)
 
     # ----------------------------------------------------------------------- worker
     def apply_gradients(self, model, local_samples, global_samples):
@@ -371,7 +422,11 @@ class ParameterServerStrategy(Strategy):
             self._exchange_shared(model)
             return
         grad, clock = model.params.grad, _Clock(self.seconds)
-        self.arrays.allreduce_sum(grad)
+        if self.exact is not None:
+            self.exact.exchange(model)
+            grad = model.params.grad
+        else:
+            self.arrays.allreduce_sum(grad)
         clock.lap("receive")
         if self.serves:
             norm = global_norm(grad) if self.servers > 1 and self._needs_norm else None
